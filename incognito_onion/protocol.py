@@ -1,0 +1,73 @@
+"""Envelope checks for client events (docs/protocol.md): shape and size only.
+
+The server never looks inside ``data``/``meta``: they are the client's ciphertext. This module
+turns whatever arrived into a dict of checked fields or a refusal with a stable code, so a
+malformed event can never raise out of a handler.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .ids import PEER_ID_RE, RESUME_RE, ROOM_ID_RE
+from .rooms import RoomError
+
+# field kinds: "room", "peer", "resume", "opaque", "bool"; a trailing "?" marks optional
+EVENTS: dict[str, dict[str, str]] = {
+    "create": {"meta": "opaque?"},
+    "join": {"room": "room", "meta": "opaque?", "resume": "resume?"},
+    "message": {"room": "room", "data": "opaque"},
+    "connection": {"room": "room", "to": "peer", "data": "opaque"},
+    "connection/shareScreen": {"room": "room", "data": "opaque?"},
+    "connection/unshareScreen": {"room": "room", "data": "opaque?"},
+    "leave": {"room": "room"},
+    "lock": {"room": "room", "locked": "bool"},
+    "remove": {"room": "room", "peer": "peer"},
+    "ice": {"room": "room"},
+}
+
+_PATTERNS = {"room": ROOM_ID_RE, "peer": PEER_ID_RE, "resume": RESUME_RE}
+
+
+def utf8_len_over(text: str, limit: int) -> bool:
+    """Whether ``text`` is more than ``limit`` UTF-8 bytes, without encoding short strings."""
+    if len(text) > limit:
+        return True
+    if len(text) * 4 <= limit:
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def parse(event: Any, args: tuple[Any, ...], max_bytes: int) -> tuple[str, dict[str, Any]]:
+    """Check one client event; returns ``(event, fields)`` or raises :class:`RoomError`."""
+    if not isinstance(event, str) or event not in EVENTS:
+        raise RoomError("unknown_event", "unknown event")
+    if len(args) > 1:
+        raise RoomError("bad_request", "send one object per event")
+    payload = args[0] if args else ({} if event == "create" else None)
+    if payload is None and event == "create":
+        payload = {}
+    if not isinstance(payload, dict):
+        raise RoomError("bad_request", "the payload must be an object")
+    out: dict[str, Any] = {}
+    for name, kind in EVENTS[event].items():
+        optional = kind.endswith("?")
+        kind = kind.rstrip("?")
+        value = payload.get(name)
+        if value is None:
+            if optional:
+                continue
+            raise RoomError("bad_request", f"missing field '{name}'")
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise RoomError("bad_request", f"'{name}' must be true or false")
+        elif not isinstance(value, str):
+            raise RoomError("bad_request", f"'{name}' must be a string")
+        elif kind == "opaque":
+            if utf8_len_over(value, max_bytes):
+                raise RoomError("payload_too_large",
+                                f"'{name}' is over the limit of {max_bytes} bytes")
+        elif not _PATTERNS[kind].match(value):
+            raise RoomError("bad_request", f"'{name}' is not a valid id")
+        out[name] = value
+    return event, out

@@ -1,0 +1,248 @@
+"""Room bookkeeping: who is in which room, who is host, capacity, locks, resume and expiry.
+
+Pure logic with no I/O: the signaling layer turns its results into socket.io emits. Peers are
+known to each other only by random peer ids; the connection id (``sid``) never leaves here.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import ids
+
+
+class RoomError(Exception):
+    """A refused room operation, with a stable ``code`` from docs/protocol.md."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Peer:
+    id: str
+    sid: str
+    meta: str
+    resume: str
+
+
+@dataclass
+class Room:
+    id: str
+    capacity: int
+    pinned: bool = False  # the room `up` prints: lives while the server runs
+    locked: bool = False
+    host: str | None = None
+    peers: dict[str, Peer] = field(default_factory=dict)  # insertion order = oldest first
+    empty_since: float | None = None
+
+    def others(self, peer_id: str) -> list[Peer]:
+        return [p for p in self.peers.values() if p.id != peer_id]
+
+
+@dataclass
+class Departure:
+    """A peer that left a room: what the others must be told."""
+
+    room: Room
+    peer: Peer
+    reason: str  # "left", "removed", "disconnected"
+    new_host: str | None  # set when the host role moved
+    room_closed: bool
+
+
+@dataclass
+class Joined:
+    room: Room
+    peer: Peer
+    resumed: bool
+    replaced_sid: str | None  # the stale connection a resume took the peer from
+
+
+class Registry:
+    """All rooms of one server process."""
+
+    def __init__(
+        self,
+        capacity: int = 6,
+        max_rooms: int = 1000,
+        per_connection: int = 2,
+        empty_grace: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.capacity = capacity
+        self.max_rooms = max_rooms
+        self.per_connection = per_connection
+        self.empty_grace = empty_grace
+        self.clock = clock
+        self.rooms: dict[str, Room] = {}
+        self._by_sid: dict[str, dict[str, str]] = {}  # sid -> {room id: peer id}
+
+    # -- queries -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.rooms)
+
+    def peer_count(self) -> int:
+        return sum(len(r.peers) for r in self.rooms.values())
+
+    def rooms_of(self, sid: str) -> dict[str, str]:
+        return dict(self._by_sid.get(sid, {}))
+
+    def get(self, room_id: str) -> Room:
+        room = self.rooms.get(room_id)
+        if room is None or self._expired(room):
+            if room is not None:
+                del self.rooms[room_id]
+            raise RoomError("room_not_found", "no such room (it may have ended)")
+        return room
+
+    def member(self, room_id: str, sid: str) -> tuple[Room, Peer]:
+        """The room and the sender's peer in it, or ``not_in_room``."""
+        peer_id = self._by_sid.get(sid, {}).get(room_id)
+        room = self.rooms.get(room_id)
+        if peer_id is None or room is None or peer_id not in room.peers:
+            raise RoomError("not_in_room", "you are not in this room")
+        return room, room.peers[peer_id]
+
+    def target(self, room: Room, peer_id: str) -> Peer:
+        peer = room.peers.get(peer_id)
+        if peer is None:
+            raise RoomError("peer_not_found", "no such peer in this room")
+        return peer
+
+    # -- changes -------------------------------------------------------------------------------
+    def open_pinned(self) -> Room:
+        """Open the room ``up`` prints: it stays while the server runs, even when empty."""
+        self.sweep()
+        room = Room(id=self._fresh_id(), capacity=self.capacity, pinned=True)
+        self.rooms[room.id] = room
+        return room
+
+    def create(self, sid: str, meta: str = "") -> Joined:
+        self._check_per_connection(sid)
+        if len(self.rooms) >= self.max_rooms:
+            self.sweep()
+            if len(self.rooms) >= self.max_rooms:
+                raise RoomError("server_full", "this server holds as many rooms as it may")
+        room = Room(id=self._fresh_id(), capacity=self.capacity)
+        self.rooms[room.id] = room
+        peer = self._add(room, sid, meta)
+        return Joined(room, peer, resumed=False, replaced_sid=None)
+
+    def join(self, room_id: str, sid: str, meta: str = "", resume: str | None = None) -> Joined:
+        room = self.get(room_id)
+        if room_id in self._by_sid.get(sid, {}):
+            raise RoomError("already_in_room", "you are already in this room")
+        if resume:
+            stale = next((p for p in room.peers.values()
+                          if hmac.compare_digest(p.resume, resume)), None)
+            if stale is not None:
+                self._check_per_connection(sid)
+                old_sid = stale.sid
+                self._unlink(old_sid, room.id)
+                stale.sid = sid
+                if meta:
+                    stale.meta = meta
+                self._by_sid.setdefault(sid, {})[room.id] = stale.id
+                return Joined(room, stale, resumed=True, replaced_sid=old_sid)
+        if room.locked:
+            raise RoomError("room_locked", "the host has locked this room")
+        if len(room.peers) >= room.capacity:
+            raise RoomError("room_full", f"this room is full ({len(room.peers)} of "
+                                         f"{room.capacity})")
+        self._check_per_connection(sid)
+        peer = self._add(room, sid, meta)
+        return Joined(room, peer, resumed=False, replaced_sid=None)
+
+    def leave(self, room_id: str, sid: str, reason: str = "left") -> Departure:
+        room, peer = self.member(room_id, sid)
+        return self._drop(room, peer, reason)
+
+    def disconnect(self, sid: str) -> list[Departure]:
+        """The connection closed: it leaves every room it was in."""
+        out = []
+        for room_id in list(self._by_sid.get(sid, {})):
+            room, peer = self.member(room_id, sid)
+            out.append(self._drop(room, peer, "disconnected"))
+        self._by_sid.pop(sid, None)
+        return out
+
+    def lock(self, room_id: str, sid: str, locked: bool) -> Room:
+        room, peer = self.member(room_id, sid)
+        self._require_host(room, peer)
+        room.locked = locked
+        return room
+
+    def remove(self, room_id: str, sid: str, target_id: str) -> Departure:
+        room, peer = self.member(room_id, sid)
+        self._require_host(room, peer)
+        target = self.target(room, target_id)
+        if target.id == peer.id:
+            raise RoomError("bad_request", "the host cannot remove themselves; use leave")
+        return self._drop(room, target, "removed")
+
+    def sweep(self) -> int:
+        """Delete rooms that have been empty for longer than the grace period."""
+        dead = [rid for rid, r in self.rooms.items() if self._expired(r)]
+        for rid in dead:
+            del self.rooms[rid]
+        return len(dead)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _fresh_id(self) -> str:
+        while True:
+            rid = ids.new_room_id()
+            if rid not in self.rooms:
+                return rid
+
+    def _check_per_connection(self, sid: str) -> None:
+        if len(self._by_sid.get(sid, {})) >= self.per_connection:
+            raise RoomError("too_many_rooms",
+                            f"one connection can be in at most {self.per_connection} rooms")
+
+    def _add(self, room: Room, sid: str, meta: str) -> Peer:
+        peer_id = ids.new_peer_id()
+        while peer_id in room.peers:
+            peer_id = ids.new_peer_id()
+        peer = Peer(id=peer_id, sid=sid, meta=meta, resume=ids.new_resume_token())
+        room.peers[peer.id] = peer
+        room.empty_since = None
+        if room.host is None:
+            room.host = peer.id
+        self._by_sid.setdefault(sid, {})[room.id] = peer.id
+        return peer
+
+    def _unlink(self, sid: str, room_id: str) -> None:
+        rooms = self._by_sid.get(sid)
+        if rooms is not None:
+            rooms.pop(room_id, None)
+            if not rooms:
+                del self._by_sid[sid]
+
+    def _drop(self, room: Room, peer: Peer, reason: str) -> Departure:
+        del room.peers[peer.id]
+        self._unlink(peer.sid, room.id)
+        new_host = None
+        if room.host == peer.id:
+            room.host = next(iter(room.peers), None)
+            new_host = room.host
+        closed = False
+        if not room.peers:
+            room.empty_since = self.clock()
+            if not room.pinned and self.empty_grace <= 0:
+                del self.rooms[room.id]
+                closed = True
+        return Departure(room, peer, reason, new_host, closed)
+
+    def _require_host(self, room: Room, peer: Peer) -> None:
+        if room.host != peer.id:
+            raise RoomError("not_host", "only the host can do that")
+
+    def _expired(self, room: Room) -> bool:
+        return (not room.pinned and not room.peers and room.empty_since is not None
+                and self.clock() - room.empty_since >= self.empty_grace)

@@ -1,0 +1,211 @@
+"""The socket.io side of the server: connection bookkeeping, limits, and turning room logic
+into emits. A blind relay: payloads are routed, never read, never logged."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+
+from .config import Config
+from .limits import Throttle, TokenBucket
+from .protocol import parse
+from .rooms import Departure, Registry, Room, RoomError
+
+log = logging.getLogger("incognito_onion.signaling")
+
+# (peer id, host name the browser reached us by) -> {iceServers, iceTransportPolicy, iceExpires}
+IceProvider = Callable[[str, str], dict[str, Any]]
+_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(:\d{1,5})?$")
+
+
+def no_turn_ice(_peer_id: str, _host: str) -> dict[str, Any]:
+    """ICE settings when the server runs without TURN: browsers may connect directly."""
+    return {"iceServers": [], "iceTransportPolicy": "all", "iceExpires": None}
+
+
+@dataclass
+class _Conn:
+    bucket: TokenBucket
+    host: str  # the host name this browser reached us by (an onion, or 127.0.0.1)
+    throttle: Throttle = field(default_factory=Throttle)
+
+
+class Signaling:
+    """Owns the ``socketio.AsyncServer`` and the room :class:`Registry`."""
+
+    def __init__(self, cfg: Config, registry: Registry | None = None,
+                 ice: IceProvider = no_turn_ice):
+        self.cfg = cfg
+        self.ice = ice
+        self.registry = registry or Registry(
+            capacity=cfg.rooms.capacity,
+            max_rooms=cfg.rooms.max_rooms,
+            per_connection=cfg.rooms.per_connection,
+            empty_grace=cfg.rooms.empty_grace_seconds,
+        )
+        self.max_bytes: int = cfg.limits.max_payload_bytes
+        self.media = {"uploadKbps": cfg.media.upload_kbps,
+                      "minVideoKbps": cfg.media.min_video_kbps}
+        self.conns: dict[str, _Conn] = {}
+        self.sio = socketio.AsyncServer(
+            async_mode="aiohttp",
+            ping_interval=cfg.server.ping_interval,
+            ping_timeout=cfg.server.ping_timeout,
+            # a whole packet may carry a few opaque fields; anything bigger is cut off by
+            # engine.io before it is parsed
+            max_http_buffer_size=2 * self.max_bytes + 16 * 1024,
+            logger=False,
+            engineio_logger=False,
+        )
+        self.sio.on("connect", self._on_connect)
+        self.sio.on("disconnect", self._on_disconnect)
+        self.sio.on("*", self._on_event)
+        self._handlers = {
+            "create": self._create,
+            "join": self._join,
+            "message": self._message,
+            "connection": self._connection,
+            "connection/shareScreen": self._share,
+            "connection/unshareScreen": self._share,
+            "leave": self._leave,
+            "lock": self._lock,
+            "remove": self._remove,
+            "ice": self._ice,
+        }
+
+    # -- connection life -----------------------------------------------------------------------
+    async def _on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
+        if len(self.conns) >= self.cfg.limits.max_connections:
+            raise socketio.exceptions.ConnectionRefusedError("server_full")
+        m = _HOST_RE.match(str(environ.get("HTTP_HOST", "")))
+        host = m.group(1).strip("[]") if m else self.cfg.server.host
+        self.conns[sid] = _Conn(TokenBucket(self.cfg.limits.events_per_second,
+                                            self.cfg.limits.event_burst), host)
+
+    async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
+        self.conns.pop(sid, None)
+        try:
+            for dep in self.registry.disconnect(sid):
+                await self._announce_departure(dep)
+        except Exception:  # never let bookkeeping kill the server
+            log.exception("error while handling a disconnect")
+
+    # -- dispatch ------------------------------------------------------------------------------
+    async def _on_event(self, event: Any, sid: str, *args: Any) -> dict[str, Any]:
+        name = event if isinstance(event, str) and len(event) <= 40 else "?"
+        conn = self.conns.get(sid)
+        try:
+            if conn is None:
+                raise RoomError("not_in_room", "not connected")
+            if not conn.bucket.allow():
+                if conn.throttle.ready():
+                    err = {"code": "rate_limited", "event": name,
+                           "message": "too many events; slow down"}
+                    await self.sio.emit("error", err, to=sid)
+                return {"ok": False, "error": {"code": "rate_limited", "event": name,
+                                               "message": "too many events; slow down"}}
+            event, fields = parse(event, args, self.max_bytes)
+            reply = await self._handlers[event](sid, event, fields)
+            return {"ok": True, **reply}
+        except RoomError as exc:
+            return await self._refuse(sid, name, exc.code, exc.message)
+        except Exception:
+            log.exception("bug while handling an event")
+            return await self._refuse(sid, name, "internal", "the server hit a bug")
+
+    async def _refuse(self, sid: str, event: str, code: str, message: str) -> dict[str, Any]:
+        err = {"code": code, "message": message, "event": event}
+        await self.sio.emit("error", err, to=sid)
+        return {"ok": False, "error": err}
+
+    # -- events --------------------------------------------------------------------------------
+    def _ice_for(self, sid: str, peer_id: str) -> dict[str, Any]:
+        conn = self.conns.get(sid)
+        return dict(self.ice(peer_id, conn.host if conn else self.cfg.server.host))
+
+    def _welcome(self, sid: str, room: Room, peer_id: str, resume: str) -> dict[str, Any]:
+        return {
+            "room": room.id,
+            "peer": peer_id,
+            "host": room.host,
+            "resume": resume,
+            "locked": room.locked,
+            "capacity": room.capacity,
+            "peers": [{"peer": p.id, "meta": p.meta} for p in room.others(peer_id)],
+            **self._ice_for(sid, peer_id),
+            "media": self.media,
+        }
+
+    async def _create(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
+        joined = self.registry.create(sid, f.get("meta", ""))
+        await self.sio.enter_room(sid, joined.room.id)
+        log.info("room created (%d open)", len(self.registry))
+        return self._welcome(sid, joined.room, joined.peer.id, joined.peer.resume)
+
+    async def _join(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
+        joined = self.registry.join(f["room"], sid, f.get("meta", ""), f.get("resume"))
+        room, peer = joined.room, joined.peer
+        if joined.replaced_sid is not None:
+            await self.sio.leave_room(joined.replaced_sid, room.id)
+        await self.sio.enter_room(sid, room.id)
+        await self.sio.emit("joined", {"room": room.id, "peer": peer.id, "meta": peer.meta,
+                                       "resumed": joined.resumed},
+                            room=room.id, skip_sid=sid)
+        log.debug("peer joined a room (%d peers in it)", len(room.peers))
+        return self._welcome(sid, room, peer.id, peer.resume)
+
+    async def _message(self, sid: str, ev: str, f: dict[str, Any]) -> dict[str, Any]:
+        room, peer = self.registry.member(f["room"], sid)
+        await self.sio.emit(ev, {"room": room.id, "from": peer.id, "data": f["data"]},
+                            room=room.id, skip_sid=sid)
+        return {}
+
+    async def _share(self, sid: str, ev: str, f: dict[str, Any]) -> dict[str, Any]:
+        room, peer = self.registry.member(f["room"], sid)
+        await self.sio.emit(ev, {"room": room.id, "from": peer.id, "data": f.get("data")},
+                            room=room.id, skip_sid=sid)
+        return {}
+
+    async def _connection(self, sid: str, ev: str, f: dict[str, Any]) -> dict[str, Any]:
+        room, peer = self.registry.member(f["room"], sid)
+        target = self.registry.target(room, f["to"])
+        await self.sio.emit(ev, {"room": room.id, "from": peer.id, "data": f["data"]},
+                            to=target.sid)
+        return {}
+
+    async def _leave(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
+        dep = self.registry.leave(f["room"], sid)
+        await self.sio.leave_room(sid, dep.room.id)
+        await self._announce_departure(dep)
+        return {}
+
+    async def _lock(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
+        room = self.registry.lock(f["room"], sid, f["locked"])
+        await self.sio.emit("locked", {"room": room.id, "locked": room.locked}, room=room.id)
+        return {"locked": room.locked}
+
+    async def _remove(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
+        dep = self.registry.remove(f["room"], sid, f["peer"])
+        await self.sio.leave_room(dep.peer.sid, dep.room.id)
+        await self.sio.emit("removed", {"room": dep.room.id}, to=dep.peer.sid)
+        await self._announce_departure(dep)
+        return {}
+
+    async def _ice(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
+        _room, peer = self.registry.member(f["room"], sid)
+        return self._ice_for(sid, peer.id)
+
+    async def _announce_departure(self, dep: Departure) -> None:
+        rid = dep.room.id
+        if dep.room_closed:
+            log.info("room closed (%d open)", len(self.registry))
+            return
+        await self.sio.emit("left", {"room": rid, "peer": dep.peer.id, "reason": dep.reason},
+                            room=rid)
+        if dep.new_host is not None:
+            await self.sio.emit("host", {"room": rid, "peer": dep.new_host}, room=rid)

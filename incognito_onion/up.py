@@ -1,0 +1,185 @@
+"""``incognito-onion up``: start the web server, TURN and tor, open the room, print its URL,
+serve until Ctrl-C or SIGTERM, then stop everything that was started, in reverse order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from aiohttp import web
+
+from . import exitcodes, ids
+from .config import Config
+from .signaling import IceProvider, Signaling, no_turn_ice
+from .web import create_app
+
+log = logging.getLogger("incognito_onion.up")
+
+
+class UpError(Exception):
+    """A failure ``up`` explains in one line and exits with ``code``."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class UpOptions:
+    qr: str = "auto"  # auto: only when stdout is a terminal; always; never
+    qr_png: Path | None = None
+
+
+def room_url(base: str, room_id: str, key: str) -> str:
+    """The link people open: room id in the path, the room key in the fragment, which
+    browsers never send to the server."""
+    return f"{base}/r/{room_id}#{key}"
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _print_url(url: str, opts: UpOptions, out: TextIO) -> None:
+    print(url, file=out, flush=True)
+    show = opts.qr == "always" or (opts.qr == "auto" and out.isatty())
+    if show or opts.qr_png:
+        import segno
+
+        code = segno.make(url, error="m")
+        if show:
+            code.terminal(out=out, compact=True)
+        if opts.qr_png:
+            code.save(str(opts.qr_png), scale=8, border=4)
+            _say(f"QR code written to {opts.qr_png}")
+
+
+async def _start_web(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            raise UpError(f"port {port} on {host} is already in use; pick another with "
+                          f"--port or server.port", exitcodes.BIND) from None
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL):
+            raise UpError(f"cannot listen on {host}: no such address on this machine; "
+                          f"check --host or server.host", exitcodes.BIND) from None
+        if exc.errno == errno.EACCES:
+            raise UpError(f"not allowed to listen on port {port}; use a port above 1023",
+                          exitcodes.BIND) from None
+        raise UpError(f"cannot listen on {host}:{port}: {exc.strerror}", exitcodes.BIND) \
+            from None
+    return runner
+
+
+async def _start_turn(cfg: Config, state_dir: Path, stack: contextlib.AsyncExitStack
+                      ) -> tuple[IceProvider, int | None]:
+    """Start the supervised coturn and return the ICE provider that hands out credentials."""
+    from .turn import TurnError
+    from .turn.credentials import ice_servers
+    from .turn.supervisor import CoturnSupervisor
+
+    def on_event(message: str) -> None:
+        _say(f"TURN: {message}")
+
+    sup = CoturnSupervisor(cfg, state_dir, on_event=on_event)
+    try:
+        await sup.start()
+    except TurnError as exc:
+        raise UpError(f"TURN: {exc}", exitcodes.TURN) from None
+    stack.push_async_callback(sup.stop)
+    ttl = cfg.turn.credential_ttl
+    policy = "relay" if cfg.turn.relay_only else "all"
+
+    def provider(peer_id: str, host: str) -> dict[str, Any]:
+        urls = [f"turn:{_url_host(host)}:{cfg.turn.port}?transport=tcp"]
+        if cfg.turn.tls_port and not host.endswith(".onion"):
+            urls.append(f"turns:{_url_host(host)}:{cfg.turn.tls_port}?transport=tcp")
+        urls += list(cfg.turn.public_urls)
+        servers, expires = ice_servers(sup.secret, peer_id, ttl, urls)
+        return {"iceServers": servers, "iceTransportPolicy": policy, "iceExpires": expires}
+
+    return provider, sup.port
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def serve(cfg: Config, state_dir: Path, opts: UpOptions | None = None,
+                ready: Callable[[str], Awaitable[None] | None] | None = None) -> int:
+    """Run until a stop signal. Returns an exit code; raises :class:`UpError` on failure."""
+    opts = opts or UpOptions()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        ice: IceProvider = no_turn_ice
+        turn_port = None
+        if cfg.turn.enabled:
+            ice, turn_port = await _start_turn(cfg, state_dir, stack)
+            _say(f"TURN over TCP listening on {cfg.turn.listen_ip}:{turn_port}")
+        else:
+            _say("TURN is off: browsers connect directly, so they learn each other's addresses")
+        signaling = Signaling(cfg, ice=ice)
+        app = create_app(signaling)
+        runner = await _start_web(app, cfg.server.host, cfg.server.port)
+        stack.push_async_callback(runner.cleanup)
+        port = _bound_port(runner) or cfg.server.port
+        room = signaling.registry.open_pinned()
+        key = ids.new_room_key()
+        if cfg.tor.enabled:
+            base = await _start_tor(cfg, state_dir, port, turn_port, stack)
+        else:
+            base = f"http://{_url_host(_display_host(cfg.server.host))}:{port}"
+            _say(f"serving on {base} (tor is off: only reachable from this machine or network)")
+        url = room_url(base, room.id, key)
+        _say("Room link (the part after # is the room key; share the whole link only with "
+             "the people you want in the call):")
+        _print_url(url, opts, sys.stdout)
+        _say("Press Ctrl-C to stop.")
+        if ready is not None:
+            result = ready(url)
+            if asyncio.iscoroutine(result):
+                await result
+        await stop.wait()
+        _say("stopping…")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+    return exitcodes.OK
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host  # noqa: S104
+
+
+def _bound_port(runner: web.AppRunner) -> int | None:
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        for sock in getattr(server, "sockets", None) or []:
+            return sock.getsockname()[1]
+    return None
+
+
+async def _start_tor(cfg: Config, state_dir: Path, web_port: int, turn_port: int | None,
+                     stack: contextlib.AsyncExitStack) -> str:
+    try:
+        from .tor.service import TorService
+    except ImportError:
+        raise UpError("publishing through tor is not available in this build yet; run with "
+                      "--no-tor to serve on this machine only", exitcodes.TOR) from None
+    raise UpError("tor integration pending", exitcodes.TOR)  # replaced when tor lands

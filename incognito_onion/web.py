@@ -1,0 +1,92 @@
+"""The aiohttp application: pages, static files, /healthz, the socket.io endpoint, and the
+security headers every response carries (strict CSP, no referrer, no sniffing, camera and
+microphone for this origin only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from .signaling import Signaling
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+CSP = "; ".join([
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data: blob:",
+    "media-src 'self' blob:",
+    "connect-src 'self'",
+    "font-src 'self'",
+    "worker-src 'self' blob:",
+    "object-src 'none'",
+    "base-uri 'none'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+])
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Permissions-Policy": ", ".join([
+        "camera=(self)", "microphone=(self)", "display-capture=(self)",
+        "geolocation=()", "payment=()", "usb=()",
+    ]),
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+ROOM_ROUTE = r"/r/{room:[A-Za-z0-9_-]{22}}"
+
+
+async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
+    response.headers.pop("Server", None)
+    ctype = response.headers.get("Content-Type", "")
+    if ctype.startswith(("text/html", "application/json")) or response.status >= 400:
+        response.headers["Cache-Control"] = "no-store"
+    else:
+        response.headers.setdefault("Cache-Control", "no-cache")
+
+
+def _page(static_dir: Path, name: str):
+    async def handler(_request: web.Request) -> web.StreamResponse:
+        path = static_dir / name
+        if not path.is_file():
+            raise web.HTTPServiceUnavailable(text=f"the web client is missing ({name})\n")
+        return web.FileResponse(path, headers={"Content-Type": "text/html; charset=utf-8"})
+
+    return handler
+
+
+async def _healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@web.middleware
+async def _plain_errors(request: web.Request, handler):
+    """Errors are short text, never a stack trace or a server banner."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and not exc.text:
+            exc.text = f"{exc.status} {exc.reason}\n"
+        raise
+
+
+def create_app(signaling: Signaling, static_dir: Path = STATIC_DIR) -> web.Application:
+    """Build the application; socket.io is mounted at /socket.io/."""
+    app = web.Application(middlewares=[_plain_errors], client_max_size=64 * 1024)
+    app.on_response_prepare.append(_headers)
+    signaling.sio.attach(app)
+    app.router.add_get("/", _page(static_dir, "index.html"))
+    app.router.add_get(ROOM_ROUTE, _page(static_dir, "room.html"))
+    app.router.add_get("/healthz", _healthz)
+    if static_dir.is_dir():
+        app.router.add_static("/static/", static_dir, follow_symlinks=False, show_index=False)
+    app["signaling"] = signaling
+    return app
