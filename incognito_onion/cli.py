@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,10 +84,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["server.host"] = args.host
     if getattr(args, "port", None) is not None:
         port: Any = args.port
-        try:
+        with contextlib.suppress(ValueError):
             port = int(port)
-        except ValueError:
-            pass
         out["server.port"] = port
     if getattr(args, "tor_control", None) is not None:
         out["tor.control"] = args.tor_control

@@ -160,7 +160,8 @@ def render_yaml() -> str:
         "# incognito-onion configuration. Every setting is listed with its default.",
         "# Precedence: command-line flags > INCOGNITO_* environment > this file > defaults.",
         "# Each key's environment variable is INCOGNITO_ + its path in capitals with _ for .",
-        "# (server.port -> INCOGNITO_SERVER_PORT). Check a file with `incognito-onion config check`.",
+        "# (server.port -> INCOGNITO_SERVER_PORT).",
+        "# Check a file with `incognito-onion config check`.",
         "",
     ]
     section = None

@@ -7,6 +7,7 @@ it), replaced atomically so a crash never leaves half a key.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Mapping
@@ -54,10 +55,8 @@ def write_private(path: Path | str, data: bytes | str) -> Path:
             os.fsync(fh.fileno())
         os.replace(tmp, p)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     return p
 

@@ -178,7 +178,7 @@ def _bound_port(runner: web.AppRunner) -> int | None:
 async def _start_tor(cfg: Config, state_dir: Path, web_port: int, turn_port: int | None,
                      stack: contextlib.AsyncExitStack) -> str:
     try:
-        from .tor.service import TorService
+        from .tor.service import TorService  # noqa: F401
     except ImportError:
         raise UpError("publishing through tor is not available in this build yet; run with "
                       "--no-tor to serve on this machine only", exitcodes.TOR) from None
