@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(cfg, top=False)
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     cfg_sub.add_parser("defaults", help="print config.yaml with every default")
-    cfg_sub.add_parser("check", help="validate the config file and environment")
-    cfg_sub.add_parser("show", help="print the effective settings (secrets hidden)")
+    for name, text in (("check", "validate the config file and environment"),
+                       ("show", "print the effective settings (secrets hidden)")):
+        _common(cfg_sub.add_parser(name, help=text), top=False)
 
     try:
         from .cli_keys import register
