@@ -43,7 +43,10 @@ def setup(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiohttp.access", "aiohttp.server", "aiohttp.web", "engineio", "socketio",
-                  "stem", "asyncio"):
+    for noisy in ("aiohttp.access", "aiohttp.server", "aiohttp.web", "stem", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # The socket.io libraries warn about things any client can trigger (unknown acks, foreign
+    # namespaces): at warning level a client could fill the disk, so only their errors pass.
+    for chatty in ("engineio", "socketio", "incognito_onion.engineio", "incognito_onion.socketio"):
+        logging.getLogger(chatty).setLevel(max(logging.ERROR, root.level))
     logging.getLogger("aiohttp.access").disabled = True

@@ -28,6 +28,36 @@ def no_turn_ice(_peer_id: str, _host: str) -> dict[str, Any]:
     return {"iceServers": [], "iceTransportPolicy": "all", "iceExpires": None}
 
 
+MAX_ATTACHMENTS = 4  # binary attachments one socket.io packet may announce
+_BINARY_HEADER = re.compile(r"^[56](\d{1,6})-")
+
+
+class GuardedServer(socketio.AsyncServer):
+    """``AsyncServer`` that answers a malformed socket.io packet with a ``bad_request`` error
+    instead of an exception in the library, and refuses packets announcing more binary
+    attachments than the protocol uses (which would otherwise buffer without bound)."""
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if isinstance(data, str) and data[:1] in ("5", "6"):
+            m = _BINARY_HEADER.match(data)
+            if m is None or int(m.group(1)) > MAX_ATTACHMENTS:
+                await self._malformed(eio_sid, "too many binary attachments")
+                return
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except Exception:
+            self._binary_packet.pop(eio_sid, None)
+            await self._malformed(eio_sid, "malformed packet")
+
+    async def _malformed(self, eio_sid: str, message: str) -> None:
+        sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is not None:
+            hook = getattr(self, "on_malformed", None)
+            if hook is None or hook(sid):
+                await self.emit("error", {"code": "bad_request", "message": message,
+                                          "event": "?"}, to=sid)
+
+
 @dataclass
 class _Conn:
     bucket: TokenBucket
@@ -52,16 +82,19 @@ class Signaling:
         self.media = {"uploadKbps": cfg.media.upload_kbps,
                       "minVideoKbps": cfg.media.min_video_kbps}
         self.conns: dict[str, _Conn] = {}
-        self.sio = socketio.AsyncServer(
+        self.sio = GuardedServer(
             async_mode="aiohttp",
             ping_interval=cfg.server.ping_interval,
             ping_timeout=cfg.server.ping_timeout,
             # a whole packet may carry a few opaque fields; anything bigger is cut off by
             # engine.io before it is parsed
             max_http_buffer_size=2 * self.max_bytes + 16 * 1024,
-            logger=False,
-            engineio_logger=False,
+            # our own loggers: the library's default ones add a handler that bypasses
+            # the redacting filter
+            logger=logging.getLogger("incognito_onion.socketio"),
+            engineio_logger=logging.getLogger("incognito_onion.engineio"),
         )
+        self.sio.on_malformed = self._allow_error_reply
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("*", self._on_event)
@@ -94,6 +127,11 @@ class Signaling:
                 await self._announce_departure(dep)
         except Exception:  # never let bookkeeping kill the server
             log.exception("error while handling a disconnect")
+
+    def _allow_error_reply(self, sid: str) -> bool:
+        """Malformed packets count against the rate limit like events do."""
+        conn = self.conns.get(sid)
+        return conn is not None and conn.bucket.allow()
 
     # -- dispatch ------------------------------------------------------------------------------
     async def _on_event(self, event: Any, sid: str, *args: Any) -> dict[str, Any]:

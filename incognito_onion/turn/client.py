@@ -106,7 +106,8 @@ def xor_encode(host: str, port: int, tid: bytes) -> bytes:
 class TurnClient:
     """One TURN-over-TCP/TLS control connection holding at most one allocation.
 
-    ``async with TurnClient(host, port, username, password) as c: relay = await c.allocate()``
+    ``async with TurnClient(host, port, username, password) as c: relay = await c.allocate()``.
+    Data indications from peers land in ``c.received`` as ``((host, port), bytes)``.
     """
 
     def __init__(self, host: str, port: int, username: str, password: str, *,
@@ -118,9 +119,12 @@ class TurnClient:
         self.key: bytes | None = None
         self.relayed: tuple[str, int] | None = None
         self.mapped: tuple[str, int] | None = None
+        self.received: asyncio.Queue[tuple[tuple[str, int], bytes]] = asyncio.Queue()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self.indications: asyncio.Queue[tuple[tuple[str, int], bytes]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._waiting: dict[bytes, asyncio.Future[Message]] = {}
+        self._lost: str | None = None
 
     async def __aenter__(self) -> TurnClient:
         await self.connect()
@@ -137,48 +141,63 @@ class TurnClient:
                 self.timeout)
         except (TimeoutError, OSError) as exc:
             raise TurnClientError(0, f"cannot connect: {exc.__class__.__name__}: {exc}") from None
+        self._task = asyncio.create_task(self._read_loop())
 
     async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(OSError, TimeoutError, ssl_mod.SSLError):
                 await asyncio.wait_for(self._writer.wait_closed(), 1.0)
             self._writer = None
 
-    async def _read(self) -> Message:
+    async def _read_loop(self) -> None:
         assert self._reader is not None
-        while True:
-            head = await self._reader.readexactly(4)
-            kind, n = struct.unpack("!HH", head)
-            if kind & 0xC000 == 0x4000:  # ChannelData: skip, padded to 4 over TCP
-                await self._reader.readexactly(n + _pad(n))
-                continue
-            rest = await self._reader.readexactly(16 + n)
-            msg = decode(head + rest)
-            if msg.cls == INDICATION and msg.method == DATA:
-                peer, data = msg.get(A_PEER), msg.get(A_DATA)
-                if peer is not None and data is not None:
-                    self.indications.put_nowait((xor_address(peer, msg.tid), data))
-                continue
-            return msg
+        try:
+            while True:
+                head = await self._reader.readexactly(4)
+                kind, n = struct.unpack("!HH", head)
+                if kind & 0xC000 == 0x4000:  # ChannelData (padded to 4 over TCP): not used
+                    await self._reader.readexactly(n + _pad(n))
+                    continue
+                msg = decode(head + await self._reader.readexactly(16 + n))
+                if msg.cls == INDICATION and msg.method == DATA:
+                    peer, data = msg.get(A_PEER), msg.get(A_DATA)
+                    if peer is not None and data is not None:
+                        self.received.put_nowait((xor_address(peer, msg.tid), data))
+                    continue
+                fut = self._waiting.pop(msg.tid, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+        except (OSError, asyncio.IncompleteReadError, ssl_mod.SSLError, TurnClientError) as exc:
+            self._lost = f"connection lost: {exc.__class__.__name__}"
+            for fut in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(TurnClientError(0, self._lost))
+            self._waiting.clear()
 
     async def _transact(self, msg: Message) -> Message:
-        if self._writer is None:
-            raise TurnClientError(0, "not connected")
+        if self._writer is None or self._lost:
+            raise TurnClientError(0, self._lost or "not connected")
         if self.key is not None:
             msg.attrs += [(A_USERNAME, self.username.encode()), (A_REALM, self.realm or b""),
                           (A_NONCE, self.nonce or b"")]
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._waiting[msg.tid] = fut
         try:
             self._writer.write(encode(msg, self.key))
             await self._writer.drain()
-            while True:
-                resp = await asyncio.wait_for(self._read(), self.timeout)
-                if resp.tid == msg.tid:
-                    return resp
-        except (OSError, asyncio.IncompleteReadError, ssl_mod.SSLError) as exc:
+            return await asyncio.wait_for(fut, self.timeout)
+        except (OSError, ssl_mod.SSLError) as exc:
             raise TurnClientError(0, f"connection lost: {exc.__class__.__name__}") from None
         except TimeoutError:
             raise TurnClientError(0, "no answer") from None
+        finally:
+            self._waiting.pop(msg.tid, None)
 
     async def request(self, method: int,
                       attrs: Callable[[bytes], list[tuple[int, bytes]]]) -> Message:
@@ -218,11 +237,16 @@ class TurnClient:
                            lambda tid: [(A_PEER, xor_encode(host, port, tid))])
 
     def send(self, host: str, port: int, data: bytes) -> None:
-        """A Send indication to a peer with a permission (no answer comes back)."""
-        assert self._writer is not None
+        """A Send indication to a peer that has a permission (nothing comes back)."""
+        if self._writer is None:
+            raise TurnClientError(0, "not connected")
         msg = Message(SEND, INDICATION)
         msg.attrs = [(A_PEER, xor_encode(host, port, msg.tid)), (A_DATA, data)]
         self._writer.write(encode(msg, None, fingerprint=False))
+
+    async def drain(self) -> None:
+        if self._writer is not None:
+            await self._writer.drain()
 
     async def release(self) -> None:
         """Delete the allocation (Refresh with LIFETIME 0)."""

@@ -41,7 +41,10 @@ DENIED_V4: tuple[tuple[str, str], ...] = (
     ("224.0.0.0", "255.255.255.255"),  # multicast, reserved, broadcast
 )
 DENIED_V6: tuple[tuple[str, str], ...] = (
-    ("::", "::ffff:ffff"),  # unspecified, loopback, IPv4-compatible
+    # coturn matches a range whose low end is :: (or 0.0.0.0) against addresses of *both*
+    # families, so no IPv6 range here starts at :: (that would deny every IPv4 peer); :: itself
+    # is refused by coturn anyway.
+    ("::1", "::ffff:ffff"),  # loopback, IPv4-compatible
     ("::ffff:0:0", "::ffff:ffff:ffff"),  # IPv4-mapped
     ("64:ff9b::", "64:ff9b::ffff:ffff"),  # NAT64
     ("64:ff9b:1::", "64:ff9b:1:ffff:ffff:ffff:ffff:ffff"),
@@ -55,7 +58,7 @@ DENIED_V6: tuple[tuple[str, str], ...] = (
     ("ff00::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),  # multicast
 )
 ALL_V4 = ("0.0.0.0", "255.255.255.255")  # noqa: S104
-ALL_V6 = ("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
+ALL_V6 = ("::1", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
 
 
 class RenderError(ValueError):
@@ -75,6 +78,8 @@ class Paths:
 def is_public(ip: str) -> bool:
     """True when ``ip`` is outside every range in :data:`DENIED_V4`/:data:`DENIED_V6`."""
     addr = ipaddress.ip_address(ip)
+    if addr.is_unspecified:
+        return False
     ranges = DENIED_V4 if addr.version == 4 else DENIED_V6
     return not any(ipaddress.ip_address(a) <= addr <= ipaddress.ip_address(b) for a, b in ranges)
 
