@@ -11,10 +11,10 @@ PEER_ID_BYTES = 12  # 96 bits, unique per join
 RESUME_BYTES = 16
 ROOM_KEY_BYTES = 32  # 256-bit room key, only ever in the URL fragment
 
-ROOM_ID_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
-PEER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16}$")
-RESUME_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
-ROOM_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+ROOM_ID_RE = re.compile(r"\A[A-Za-z0-9_-]{22}\Z")
+PEER_ID_RE = re.compile(r"\A[A-Za-z0-9_-]{16}\Z")
+RESUME_RE = re.compile(r"\A[A-Za-z0-9_-]{22}\Z")
+ROOM_KEY_RE = re.compile(r"\A[A-Za-z0-9_-]{43}\Z")
 
 
 def new_room_id() -> str:

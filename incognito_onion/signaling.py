@@ -28,6 +28,8 @@ def no_turn_ice(_peer_id: str, _host: str) -> dict[str, Any]:
     return {"iceServers": [], "iceTransportPolicy": "all", "iceExpires": None}
 
 
+RESERVED_EVENTS = frozenset({"connect", "disconnect", "connect_error", "disconnecting",
+                             "newListener", "removeListener"})
 MAX_ATTACHMENTS = 4  # binary attachments one socket.io packet may announce
 _BINARY_HEADER = re.compile(r"^[56](\d{1,6})-")
 
@@ -48,6 +50,17 @@ class GuardedServer(socketio.AsyncServer):
         except Exception:
             self._binary_packet.pop(eio_sid, None)
             await self._malformed(eio_sid, "malformed packet")
+
+    async def _handle_event(self, eio_sid: str, namespace: Any, id: Any, data: Any) -> None:
+        # A client may name an event "connect" or "disconnect"; the library would hand it to
+        # our connection handlers. Such names are the server's, never a client's.
+        if isinstance(data, list) and data and data[0] in RESERVED_EVENTS:
+            sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
+            if sid is not None:
+                await self.emit("error", {"code": "unknown_event", "message": "unknown event",
+                                          "event": "?"}, to=sid, namespace=namespace)
+            return
+        await super()._handle_event(eio_sid, namespace, id, data)
 
     async def _malformed(self, eio_sid: str, message: str) -> None:
         sid = self.manager.sid_from_eio_sid(eio_sid, "/")
