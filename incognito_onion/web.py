@@ -4,11 +4,16 @@ microphone for this origin only)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from pathlib import Path
 
 from aiohttp import web
 
 from .signaling import Signaling
+
+log = logging.getLogger("incognito_onion.web")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -78,10 +83,30 @@ async def _plain_errors(request: web.Request, handler):
         raise
 
 
+def _sweeper(signaling: Signaling, every: float = 5.0):
+    """Free rooms whose grace period ran out, so memory follows the rooms in use."""
+
+    async def ctx(_app: web.Application):
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(every)
+                if signaling.registry.sweep():
+                    log.info("expired empty rooms (%d open)", len(signaling.registry))
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
+
+
 def create_app(signaling: Signaling, static_dir: Path = STATIC_DIR) -> web.Application:
     """Build the application; socket.io is mounted at /socket.io/."""
     app = web.Application(middlewares=[_plain_errors], client_max_size=64 * 1024)
     app.on_response_prepare.append(_headers)
+    app.cleanup_ctx.append(_sweeper(signaling))
     signaling.sio.attach(app)
     app.router.add_get("/", _page(static_dir, "index.html"))
     app.router.add_get(ROOM_ROUTE, _page(static_dir, "room.html"))
