@@ -1,0 +1,149 @@
+// @ts-check
+/**
+ * What this browser can do, and what to tell the person about it, in plain words.
+ * DOM-free: `detect` takes the global object (so node tests can pass a fake one).
+ */
+
+/**
+ * @typedef {{
+ *   secureContext: boolean,
+ *   subtle: boolean,
+ *   webSocket: boolean,
+ *   peerConnection: boolean,
+ *   getUserMedia: boolean,
+ *   getDisplayMedia: boolean,
+ *   enumerateDevices: boolean,
+ *   setSinkId: boolean,
+ *   webCodecs: boolean,
+ *   mediaSource: boolean,
+ *   mediaRecorder: boolean,
+ *   onion: boolean,
+ *   torLike: boolean,
+ * }} Capabilities
+ */
+
+/**
+ * @param {any} g the global object (`globalThis` in a page)
+ * @returns {Capabilities}
+ */
+export function detect(g) {
+  const nav = g.navigator || {};
+  const md = nav.mediaDevices;
+  const host = String((g.location && g.location.hostname) || '');
+  const peerConnection = typeof g.RTCPeerConnection === 'function';
+  const getUserMedia = !!(md && typeof md.getUserMedia === 'function');
+  const webCodecs = typeof g.VideoEncoder === 'function' && typeof g.VideoDecoder === 'function';
+  return {
+    secureContext: g.isSecureContext === true,
+    subtle: !!(g.crypto && g.crypto.subtle),
+    webSocket: typeof g.WebSocket === 'function',
+    peerConnection,
+    getUserMedia,
+    getDisplayMedia: !!(md && typeof md.getDisplayMedia === 'function'),
+    enumerateDevices: !!(md && typeof md.enumerateDevices === 'function'),
+    setSinkId: !!(g.HTMLMediaElement && 'setSinkId' in g.HTMLMediaElement.prototype),
+    webCodecs,
+    mediaSource: typeof g.MediaSource === 'function',
+    mediaRecorder: typeof g.MediaRecorder === 'function',
+    onion: host.endsWith('.onion'),
+    // Tor Browser: WebRTC compiled out, camera/mic off, WebCodecs hidden by resistFingerprinting
+    torLike: !peerConnection && !getUserMedia && !webCodecs,
+  };
+}
+
+/**
+ * @typedef {{
+ *   level: 'full' | 'limited' | 'none',
+ *   canCall: boolean,
+ *   canSend: boolean,
+ *   headline: string,
+ *   lines: string[],
+ * }} Verdict
+ */
+
+/**
+ * What this person can do, in plain words.
+ * @param {Capabilities} c
+ * @returns {Verdict}
+ */
+export function assess(c) {
+  /** @type {string[]} */
+  const lines = [];
+  if (!c.secureContext || !c.subtle) {
+    lines.push('This page was not opened over a secure connection, so the browser will not '
+      + 'encrypt or open messages. Open the room through its .onion address in Tor Browser, or '
+      + 'through https:// (or http://127.0.0.1 on the same computer).');
+    return {
+      level: 'none', canCall: false, canSend: false,
+      headline: 'This page cannot encrypt here',
+      lines,
+    };
+  }
+  if (!c.webSocket) {
+    lines.push('This browser cannot keep a live connection to the server (WebSocket is off).');
+    return { level: 'none', canCall: false, canSend: false,
+      headline: 'This browser cannot connect to the room', lines };
+  }
+  if (!c.peerConnection) {
+    if (c.torLike) {
+      lines.push('You are probably using Tor Browser. It has WebRTC (the browser\'s calling '
+        + 'technology) switched off for good, and no setting brings it back, so it cannot '
+        + 'take part in video calls here.');
+    } else {
+      lines.push('This browser has WebRTC (the browser\'s calling technology) switched off.');
+    }
+    lines.push('You can still read and write in the encrypted chat of this room.');
+    lines.push('To see, hear and be seen: open this same link (with everything after the #) in '
+      + 'Mullvad Browser, Firefox or Chromium / Brave. Behind Tor, Firefox and Mullvad Browser '
+      + 'need one setting in about:config: media.peerconnection.ice.proxy_only_if_behind_proxy '
+      + '= false (media still goes only through the room\'s relay, over Tor).');
+    if (c.mediaSource) {
+      lines.push('(This browser could play media through the page itself; this room does not '
+        + 'offer that path yet.)');
+    }
+    return {
+      level: 'limited', canCall: false, canSend: false,
+      headline: c.torLike ? 'Tor Browser cannot join video calls' : 'Video calls are off in this browser',
+      lines,
+    };
+  }
+  if (!c.getUserMedia) {
+    lines.push('This browser does not let the page use a camera or microphone (it may be '
+      + 'switched off in its settings, e.g. media.navigator.enabled in Firefox). You can join, '
+      + 'see and hear the others and chat, but they will not see or hear you.');
+    return { level: 'limited', canCall: true, canSend: false,
+      headline: 'You can watch and chat, but not send video or sound', lines };
+  }
+  if (!c.getDisplayMedia) {
+    lines.push('Screen sharing is not available in this browser.');
+  }
+  return {
+    level: 'full', canCall: true, canSend: true,
+    headline: 'Ready for an end-to-end encrypted call',
+    lines,
+  };
+}
+
+/**
+ * A plain explanation for a getUserMedia failure.
+ * @param {unknown} err
+ * @returns {string}
+ */
+export function explainMediaError(err) {
+  const name = err && typeof err === 'object' && 'name' in err ? String(err.name) : '';
+  switch (name) {
+    case 'NotAllowedError':
+    case 'SecurityError':
+      return 'The browser was not allowed to use your camera or microphone. Allow it in the '
+        + 'address bar (the camera icon) and try again, or join without them.';
+    case 'NotFoundError':
+    case 'OverconstrainedError':
+      return 'No camera or microphone was found. You can join without them.';
+    case 'NotReadableError':
+    case 'AbortError':
+      return 'Your camera or microphone is busy in another program. Close it there and try '
+        + 'again, or join without it.';
+    default:
+      return 'The camera or microphone could not be started. You can join without them.';
+  }
+}
