@@ -1,0 +1,405 @@
+"""Fixtures and helpers for the web client tests (tests/test_client_*.py).
+
+- ``turn_server``: ``incognito-onion up --no-tor`` WITH its supervised coturn (TURN over TCP on
+  127.0.0.1, relay-only ICE), on free ports, one per test module.
+- ``recorder``: an HTTP + WebSocket reverse proxy in front of a server that records every byte
+  the server relays (socket.io frames both ways), so a test can prove the server saw no
+  plaintext. Browsers open the proxy's origin.
+- ``webchromium``: a Chromium (``tests/support/browsers.py``'s ``chromium_factory``) with a small
+  fake camera picture and autoplay allowed.
+- :class:`Participant`: one person in a Playwright browser context: joins, reads getStats,
+  records console messages, CSP violations and every request the page makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.coturn import free_tcp_port, free_udp_range
+from tests.support.server import (
+    REPO,
+    URL_RE,
+    LiveServer,
+    _LineReader,
+    _server_env,
+    free_port,
+    server_command,
+)
+
+ARTIFACTS = REPO / "test-artifacts" / "webclient"
+
+# --------------------------------------------------------------------------------------------
+# the server, with TURN
+# --------------------------------------------------------------------------------------------
+
+
+def start_turn_server(tmp_path: Path, env: dict[str, str] | None = None,
+                      timeout: float = 30.0) -> LiveServer:
+    """``up --no-tor`` with coturn on a free TCP port and a free UDP relay range."""
+    last = ""
+    for _attempt in range(3):
+        port = free_port()
+        turn_port = free_tcp_port()
+        lo, hi = free_udp_range(size=64)
+        state_dir = tmp_path / f"state-{port}"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        full_env = _server_env({
+            "INCOGNITO_TURN_PORT": str(turn_port),
+            "INCOGNITO_TURN_MIN_PORT": str(lo),
+            "INCOGNITO_TURN_MAX_PORT": str(hi),
+            **(env or {}),
+        })
+        cmd = [*server_command(), "up", "--no-tor", "--host", "127.0.0.1", "--port", str(port),
+               "--state-dir", str(state_dir)]
+        found = threading.Event()
+        match: dict[str, re.Match] = {}
+
+        def on_line(line: str, match=match, found=found) -> None:
+            m = URL_RE.match(line)
+            if m and not found.is_set():
+                match["m"] = m
+                found.set()
+
+        proc = subprocess.Popen(cmd, cwd=str(REPO), env=full_env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        out = _LineReader(proc.stdout, f"web-{proc.pid}-out", on_line)
+        err = _LineReader(proc.stderr, f"web-{proc.pid}-err")
+        out.start()
+        err.start()
+        srv = LiveServer(url="", base="", room="", key="", port=port, proc=proc,
+                         state_dir=state_dir, env=dict(env or {}), _stdout=out, _stderr=err)
+        deadline = time.monotonic() + timeout
+        while not found.is_set() and proc.poll() is None and time.monotonic() < deadline:
+            found.wait(0.05)
+        if found.is_set():
+            m = match["m"]
+            srv.url, srv.base, srv.room, srv.key = m["url"], m["base"], m["room"], m["key"]
+            return srv
+        stop_server(srv)
+        last = srv.output()
+        if "in use" not in last.lower():
+            break
+    raise AssertionError(f"server with TURN did not start:\n{last}")
+
+
+def stop_server(srv: LiveServer) -> int | None:
+    """SIGTERM the server (it stops its coturn), SIGKILL by PID after 15 s."""
+    if srv.proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(srv.proc.pid, signal.SIGTERM)
+        try:
+            srv.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(srv.proc.pid, signal.SIGKILL)
+            srv.proc.wait(5)
+    for r in (srv._stdout, srv._stderr):
+        if r is not None:
+            r.join(5)
+    return srv.proc.returncode
+
+
+# WEBCLIENT_NO_TURN=1 runs the browser tests without coturn (direct loopback ICE), to tell a
+# client bug from a TURN one; the relay-only assertions are then skipped.
+NO_TURN = os.environ.get("WEBCLIENT_NO_TURN") == "1"
+
+
+@pytest.fixture(scope="module")
+def turn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    env = {"INCOGNITO_TURN_ENABLED": "false"} if NO_TURN else {}
+    srv = start_turn_server(tmp_path_factory.mktemp("webserver"), env=env)
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+
+
+# --------------------------------------------------------------------------------------------
+# recording proxy
+# --------------------------------------------------------------------------------------------
+
+_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+        "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+        "content-encoding", "sec-websocket-key", "sec-websocket-version",
+        "sec-websocket-extensions", "sec-websocket-accept"}
+
+
+class Recorder:
+    """Reverse proxy to ``upstream`` that keeps every socket.io payload in ``frames``."""
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream.rstrip("/")
+        self.frames: list[tuple[str, str]] = []  # (direction, text)
+        self.base = ""
+        self._runner: Any = None
+        self._session: Any = None
+
+    def relayed(self) -> str:
+        return "\n".join(t for _, t in self.frames)
+
+    async def start(self) -> str:
+        import aiohttp
+        from aiohttp import web
+
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = free_port()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        self.base = f"http://127.0.0.1:{port}"
+        return self.base
+
+    async def close(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+        if self._session:
+            await self._session.close()
+
+    async def _handle(self, request: Any) -> Any:
+        from aiohttp import WSMsgType, web
+
+        url = self.upstream + request.rel_url.path_qs
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        headers["Host"] = request.host
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async with self._session.ws_connect(url.replace("http", "ws", 1),
+                                                headers=headers) as up:
+                async def pump(src: Any, dst: Any, tag: str) -> None:
+                    async for msg in src:
+                        if msg.type == WSMsgType.TEXT:
+                            self.frames.append((tag, msg.data))
+                            await dst.send_str(msg.data)
+                        elif msg.type == WSMsgType.BINARY:
+                            self.frames.append((tag, msg.data.decode("latin-1")))
+                            await dst.send_bytes(msg.data)
+                        else:
+                            break
+                    await dst.close()
+
+                await asyncio.gather(pump(ws, up, "up"), pump(up, ws, "down"),
+                                     return_exceptions=True)
+            return ws
+        body = await request.read()
+        if request.path.startswith("/socket.io/") and body:
+            self.frames.append(("up", body.decode("utf-8", "replace")))
+        async with self._session.request(request.method, url, headers=headers, data=body,
+                                         allow_redirects=False) as resp:
+            data = await resp.read()
+            if request.path.startswith("/socket.io/"):
+                self.frames.append(("down", data.decode("utf-8", "replace")))
+            out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP}
+            return web.Response(status=resp.status, body=data, headers=out_headers)
+
+
+@pytest.fixture
+async def recorder(turn_server: LiveServer) -> AsyncIterator[Recorder]:
+    rec = Recorder(turn_server.base)
+    await rec.start()
+    try:
+        yield rec
+    finally:
+        await rec.close()
+
+
+# --------------------------------------------------------------------------------------------
+# browsers
+# --------------------------------------------------------------------------------------------
+
+CHROMIUM_EXTRA = ["--autoplay-policy=no-user-gesture-required",
+                  "--auto-accept-this-tab-capture",
+                  "--auto-select-desktop-capture-source=Entire screen"]
+
+
+def fake_video(path: Path, width: int = 320, height: int = 180, frames: int = 30) -> Path:
+    """A small looping Y4M picture (a moving bar) for Chromium's fake camera: cheap to encode."""
+    if path.exists():
+        return path
+    header = f"YUV4MPEG2 W{width} H{height} F15:1 Ip A1:1 C420jpeg\n".encode()
+    chunks = [header]
+    cw, ch = width // 2, height // 2
+    for i in range(frames):
+        y = bytearray(b"\x50" * (width * height))
+        x0 = (i * width // frames) % width
+        for row in range(height):
+            start = row * width + x0
+            y[start:start + min(24, width - x0)] = b"\xe0" * min(24, width - x0)
+        chunks += [b"FRAME\n", bytes(y), bytes([90]) * (cw * ch), bytes([200]) * (cw * ch)]
+    path.write_bytes(b"".join(chunks))
+    return path
+
+
+@pytest.fixture
+async def webchromium(chromium_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    y4m = fake_video(tmp_path_factory.getbasetemp() / "fake-camera-320x180.y4m")
+    return await chromium_factory(
+        extra_args=[*CHROMIUM_EXTRA, f"--use-file-for-fake-video-capture={y4m}"])
+
+
+@pytest.fixture
+def shots() -> Path:
+    """Screenshots kept for people to look at: test-artifacts/webclient/ (gitignored)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+# Runs before any page script: records CSP violations where the test can read them.
+CSP_WATCH = """
+window.__csp = [];
+document.addEventListener('securitypolicyviolation', (e) => {
+  window.__csp.push(e.violatedDirective + ' ' + e.blockedURI);
+});
+"""
+
+# Per-link media facts from getStats, keyed by remote peer id.
+STATS_JS = """
+async () => {
+  const app = globalThis.incognito;
+  const out = {};
+  if (!app || !app.mesh) return out;
+  for (const [peer, link] of app.mesh.links) {
+    const byId = new Map();
+    (await link.pc.getStats()).forEach((s) => byId.set(s.id, s));
+    let frames = 0, packets = 0, energy = 0, audioPackets = 0, pair = null;
+    for (const s of byId.values()) {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') {
+        frames += s.framesDecoded || 0; packets += s.packetsReceived || 0;
+      }
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+        energy += s.totalAudioEnergy || 0; audioPackets += s.packetsReceived || 0;
+      }
+      if (s.type === 'transport' && s.selectedCandidatePairId) {
+        pair = byId.get(s.selectedCandidatePairId);
+      }
+    }
+    if (!pair) for (const s of byId.values()) {
+      const chosen = s.selected || (s.nominated && s.state === 'succeeded');
+      if (s.type === 'candidate-pair' && chosen) pair = s;
+    }
+    const local = pair ? byId.get(pair.localCandidateId) : null;
+    out[peer] = {
+      state: link.pc.connectionState, frames, packets, energy, audioPackets,
+      candidateType: local ? local.candidateType : null,
+      relayProtocol: local ? (local.relayProtocol || null) : null,
+    };
+  }
+  return out;
+}
+"""
+
+
+@dataclass
+class Participant:
+    page: Any
+    name: str
+    console: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+
+    async def js(self, expr: str, arg: Any = None) -> Any:
+        return await self.page.evaluate(expr, arg)
+
+    async def wait(self, expr: str, arg: Any = None, timeout: float = 20.0) -> Any:
+        """Polls ``expr`` (an expression, or a function of ``arg``) until it is truthy.
+        (Playwright's wait_for_function evaluates strings with eval, which the page's CSP
+        refuses; page.evaluate goes through the debugger protocol.)"""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while True:
+            try:
+                last = await self.page.evaluate(expr, arg)
+            except Exception as e:  # e.g. a navigation in between
+                last = f"error: {e}"
+            else:
+                if last:
+                    return last
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: timed out after {timeout:g} s waiting for "
+                                     f"{expr} (last: {last!r}); screen="
+                                     f"{await self.page.evaluate('document.body.dataset.screen')}")
+            await asyncio.sleep(0.1)
+
+    async def screen(self) -> str:
+        return await self.js("document.body.dataset.screen || ''")
+
+    async def join(self, name: str | None = None, timeout: float = 20.0) -> None:
+        await self.wait("document.body.dataset.screen === 'prejoin'", timeout=timeout)
+        await self.page.fill("#name", name or self.name)
+        await self.page.click("#join")
+        await self.wait("document.body.dataset.screen === 'call'", timeout=timeout)
+
+    async def self_id(self) -> str:
+        return await self.js("incognito.sig && incognito.sig.self")
+
+    async def stats(self) -> dict[str, dict[str, Any]]:
+        return await self.js(STATS_JS)
+
+    async def csp_violations(self) -> list[str]:
+        return await self.js("window.__csp || []")
+
+
+async def new_participant(browser: Any, url: str, name: str, *,
+                          viewport: tuple[int, int] = (1280, 800)) -> Participant:
+    ctx = await browser.new_context(viewport={"width": viewport[0], "height": viewport[1]},
+                                    permissions=["camera", "microphone"])
+    await ctx.add_init_script(CSP_WATCH)
+    page = await ctx.new_page()
+    p = Participant(page, name)
+    page.on("console", lambda m: p.console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: p.errors.append(str(e)))
+    page.on("request", lambda r: p.requests.append(r.url))
+    await page.goto(url)
+    return p
+
+
+async def wait_media(parts: list[Participant], expect_peers: int, timeout: float = 45.0,
+                     audio: bool = True) -> dict[str, dict[str, dict[str, Any]]]:
+    """Waits until every participant decodes video (and, with ``audio``, gets audio energy)
+    rising between two getStats samples from each of ``expect_peers`` others, over a TURN relay.
+    Returns the last samples, or raises AssertionError with what was missing."""
+    deadline = time.monotonic() + timeout
+    first: dict[str, dict[str, dict[str, Any]]] = {}
+    last: dict[str, dict[str, dict[str, Any]]] = {}
+    while True:
+        missing = []
+        for p in parts:
+            now = await p.stats()
+            before = first.setdefault(p.name, now)
+            last[p.name] = now
+            ok_peers = 0
+            for peer, s in now.items():
+                b = before.get(peer)
+                if b is None:
+                    before[peer] = s
+                    continue
+                rising = s["frames"] > b["frames"] and s["frames"] > 0
+                if audio:
+                    rising = rising and s["energy"] > b["energy"]
+                if rising and s["state"] == "connected":
+                    ok_peers += 1
+            if ok_peers < expect_peers:
+                missing.append(f"{p.name}: {ok_peers}/{expect_peers} {json.dumps(now)}")
+        if not missing:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError("media did not flow:\n" + "\n".join(missing))
+        await asyncio.sleep(0.5)
