@@ -86,14 +86,14 @@ async def _start_web(app: web.Application, host: str, port: int) -> web.AppRunne
 
 
 async def _start_turn(cfg: Config, state_dir: Path, stack: contextlib.AsyncExitStack
-                      ) -> tuple[IceProvider, int | None]:
-    """Start the supervised coturn and return the ICE provider that hands out credentials."""
-    from .turn import TurnError
-    from .turn.credentials import ice_servers
-    from .turn.supervisor import CoturnSupervisor
+                      ) -> tuple[IceProvider, int]:
+    """Start the supervised coturn; return the ICE provider that issues credentials per peer."""
+    from .turn import CoturnSupervisor, TurnError
 
-    def on_event(message: str) -> None:
-        _say(f"TURN: {message}")
+    def on_event(event: Any) -> None:
+        kind = getattr(event, "kind", "")
+        if kind in ("exited", "restarted", "restart_failed", "warning"):
+            _say(f"TURN: {getattr(event, 'message', event)}")
 
     sup = CoturnSupervisor(cfg, state_dir, on_event=on_event)
     try:
@@ -101,16 +101,10 @@ async def _start_turn(cfg: Config, state_dir: Path, stack: contextlib.AsyncExitS
     except TurnError as exc:
         raise UpError(f"TURN: {exc}", exitcodes.TURN) from None
     stack.push_async_callback(sup.stop)
-    ttl = cfg.turn.credential_ttl
     policy = "relay" if cfg.turn.relay_only else "all"
 
     def provider(peer_id: str, host: str) -> dict[str, Any]:
-        urls = [f"turn:{_url_host(host)}:{cfg.turn.port}?transport=tcp"]
-        if cfg.turn.tls_port and not host.endswith(".onion"):
-            urls.append(f"turns:{_url_host(host)}:{cfg.turn.tls_port}?transport=tcp")
-        urls += list(cfg.turn.public_urls)
-        servers, expires = ice_servers(sup.secret, peer_id, ttl, urls)
-        return {"iceServers": servers, "iceTransportPolicy": policy, "iceExpires": expires}
+        return {**sup.ice(peer_id, host), "iceTransportPolicy": policy}
 
     return provider, sup.port
 
@@ -132,7 +126,6 @@ async def serve(cfg: Config, state_dir: Path, opts: UpOptions | None = None,
         turn_port = None
         if cfg.turn.enabled:
             ice, turn_port = await _start_turn(cfg, state_dir, stack)
-            _say(f"TURN over TCP listening on {cfg.turn.listen_ip}:{turn_port}")
         else:
             _say("TURN is off: browsers connect directly, so they learn each other's addresses")
         signaling = Signaling(cfg, ice=ice)
