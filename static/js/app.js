@@ -18,8 +18,16 @@ const MAX_CHAT = 2000;
 /**
  * @typedef {{ id: string, name: string, muted: boolean, camOff: boolean, sharing: boolean,
  *   tile: HTMLElement, video: HTMLVideoElement, stream: MediaStream | null,
- *   analyser: AnalyserNode | null, source: MediaStreamAudioSourceNode | null }} PeerView
+ *   analyser: AnalyserNode | null, source: MediaStreamAudioSourceNode | null,
+ *   chatOnly?: boolean }} PeerView
  */
+
+/** CSP violations seen by this page (there should be none; tests read this). */
+/** @type {string[]} */
+const cspViolations = [];
+document.addEventListener('securitypolicyviolation', (e) => {
+  cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`);
+});
 
 const state = {
   caps: detect(globalThis),
@@ -50,6 +58,7 @@ const state = {
   unread: 0,
   /** chat messages kept for tests and for re-rendering */
   /** @type {{from: string, name: string, text: string, mine: boolean}[]} */ chat: [],
+  csp: cspViolations,
 };
 
 // For tests and for curious people: the page's live state (no secrets beyond what the URL has).
@@ -418,6 +427,7 @@ function enterCall() {
     mesh.addEventListener('budget', (e) => onBudget(/** @type {CustomEvent} */ (e).detail));
   }
   state.selfView = makeTile('self', state.name || 'You', true);
+  renderCount();
   attachSelf();
   for (const [id, info] of sig.peers) addPeer(id, info.profile);
   state.mesh?.enter(/** @type {string} */ (sig.self), [...sig.peers.keys()], false);
@@ -443,7 +453,8 @@ function announceState() {
   const sig = state.sig;
   if (!sig || !sig.active) return;
   sig.broadcast({ type: 'state', name: state.name, muted: !state.micOn,
-    camOff: !state.camera && !state.screen, sharing: !!state.screen }).catch(() => {});
+    camOff: !state.camera && !state.screen, sharing: !!state.screen,
+    webrtc: state.verdict.canCall }).catch(() => {});
 }
 
 /* ------------------------------------------------------------------ signaling events */
@@ -505,6 +516,12 @@ function onMessage(d) {
     p.muted = !!b.muted;
     p.camOff = !!b.camOff;
     p.sharing = !!b.sharing;
+    if (b.webrtc === false) {
+      p.chatOnly = true;
+      p.muted = true;
+      p.camOff = true;
+      state.mesh?.exclude(d.from);
+    }
     renderPeer(p);
   } else if (b.type === 'chat' && typeof b.text === 'string') {
     const text = b.text.slice(0, MAX_CHAT);
@@ -570,7 +587,6 @@ function makeTile(id, name, self) {
   };
   $('#grid').append(tile);
   renderPeer(view);
-  renderCount();
   return view;
 }
 
@@ -579,8 +595,10 @@ function makeTile(id, name, self) {
  * @param {any} profile
  */
 function addPeer(id, profile) {
-  const view = makeTile(id, displayName(profile?.name), false);
+  const unreadable = !profile && !!state.sig?.badSenders.has(id);
+  const view = makeTile(id, unreadable ? 'Unreadable (other key)' : displayName(profile?.name), false);
   state.peers.set(id, view);
+  renderCount();
   if (state.devices.speaker && state.caps.setSinkId) /** @type {any} */ (view.video).setSinkId(state.devices.speaker).catch(() => {});
   renderHost();
   return view;
@@ -630,12 +648,16 @@ function onTrack(d) {
 /** @param {PeerView} p */
 function renderPeer(p) {
   const t = p.tile;
-  /** @type {HTMLElement} */ (t.querySelector('.name')).textContent = p.id === 'self' ? `${p.name} (you)` : p.name;
+  /** @type {HTMLElement} */ (t.querySelector('.name')).textContent = p.id === 'self' ? `${p.name} (you)`
+    : p.chatOnly ? `${p.name} (chat only)` : p.name;
   /** @type {HTMLElement} */ (t.querySelector('.muted-icon')).toggleAttribute('hidden', !p.muted);
   /** @type {HTMLElement} */ (t.querySelector('.sharing')).hidden = !p.sharing;
   t.classList.toggle('sharing', p.sharing && p.id !== 'self');
   const av = /** @type {HTMLElement} */ (t.querySelector('.avatar'));
-  av.hidden = !p.camOff;
+  // without WebRTC here, nobody's video can show: show everyone as a picture of initials
+  const noVideo = p.camOff || (!state.verdict.canCall && p.id !== 'self');
+  av.hidden = !noVideo;
+  /** @type {HTMLElement} */ (t.querySelector('.quality')).hidden = p.id === 'self' || !state.verdict.canCall || !!p.chatOnly;
   setAvatar(av, p.name);
   t.dataset.muted = String(p.muted);
   t.dataset.camOff = String(p.camOff);

@@ -286,6 +286,18 @@ export class Mesh extends EventTarget {
     this.local = { audio: null, video: null, screen: false };
     /** @type {ReturnType<typeof planBudget> | null} */
     this.budget = null;
+    /** peers that cannot do WebRTC (they said so): no link is made to them */
+    /** @type {Set<string>} */
+    this.excluded = new Set();
+  }
+
+  /**
+   * Marks a peer as without WebRTC (e.g. Tor Browser): close and never make a link to it.
+   * @param {string} peer
+   */
+  exclude(peer) {
+    this.excluded.add(peer);
+    this.removePeer(peer);
   }
 
   /**
@@ -341,6 +353,7 @@ export class Mesh extends EventTarget {
    * @param {boolean} announce send hello when we are not the initiator
    */
   _ensure(peer, announce) {
+    if (this.excluded.has(peer)) return;
     const link = this.links.get(peer);
     if (this.isInitiator(peer)) {
       if (link && (link.healthy() || Date.now() - link.created < 4000)) return;
@@ -379,7 +392,7 @@ export class Mesh extends EventTarget {
    * @param {any} body
    */
   async onSignal(from, body) {
-    if (!this.self || !body || typeof body !== 'object') return;
+    if (!this.self || !body || typeof body !== 'object' || this.excluded.has(from)) return;
     if (body.hello) {
       if (this.isInitiator(from)) this._ensure(from, false);
       return;

@@ -243,7 +243,7 @@ def fake_video(path: Path, width: int = 320, height: int = 180, frames: int = 30
         for row in range(height):
             start = row * width + x0
             y[start:start + min(24, width - x0)] = b"\xe0" * min(24, width - x0)
-        chunks += [b"FRAME\n", bytes(y), bytes([90]) * (cw * ch), bytes([200]) * (cw * ch)]
+        chunks += [b"FRAME\n", bytes(y), bytes([150]) * (cw * ch), bytes([115]) * (cw * ch)]
     path.write_bytes(b"".join(chunks))
     return path
 

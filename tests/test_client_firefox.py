@@ -1,0 +1,148 @@
+"""The web client in Debian's Firefox ESR (Marionette) with a Chromium on the other end:
+a call both ways through the server's TURN relay, and a Tor-Browser-like Firefox (WebRTC and
+camera off, resistFingerprinting) that gets plain words and the encrypted chat, not a blank page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.support.webclient import NO_TURN, STATS_JS, new_participant, wait_media
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+AUTOPLAY = {"media.autoplay.default": 0, "media.autoplay.blocking_policy": 0}
+TOR_LIKE = {
+    "media.peerconnection.enabled": False,
+    "media.navigator.enabled": False,
+    "privacy.resistFingerprinting": True,
+}
+
+
+async def ff_wait(ff, js: str, *args, timeout: float = 30.0):
+    """Polls ``js`` (a function body) in the Firefox page until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = await asyncio.to_thread(ff.run, js, *args)
+        except Exception as e:  # page still loading
+            last = f"error: {e}"
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"firefox: timed out waiting for {js!r} (last {last!r})")
+        await asyncio.sleep(0.2)
+
+
+async def ff_join(ff, url: str, name: str) -> None:
+    await asyncio.to_thread(ff.navigate, url)
+    await ff_wait(ff, "return document.body.dataset.screen === 'prejoin'")
+    await asyncio.to_thread(ff.run, """
+        const input = document.querySelector('#name');
+        input.value = arguments[0];
+        document.querySelector('#join').click();
+        return true;""", name)
+    await ff_wait(ff, "return document.body.dataset.screen === 'call'")
+
+
+async def test_chromium_firefox_call_both_ways(turn_server, webchromium, firefox_marionette,
+                                               shots):
+    base = turn_server.base
+    c = await new_participant(webchromium, base + "/", "Chromium Chris")
+    await c.wait("document.body.dataset.screen === 'landing'")
+    await c.page.click("#create-room")
+    await c.wait("document.body.dataset.screen === 'prejoin'")
+    url = c.page.url
+    await c.join()
+    ff = await asyncio.to_thread(firefox_marionette, AUTOPLAY)
+    await ff_join(ff, url, "Firefox Fay")
+
+    # Chromium decodes Firefox's video (frames rising) and gets its audio
+    last = await wait_media([c], 1, audio=False)
+    # Firefox decodes Chromium's video: framesDecoded rising between two samples
+    first = await ff_wait(ff, f"const s = {STATS_JS}; return s().then((o) => "
+                              "Object.values(o).some((x) => x.frames > 0) && o);")
+    (peer, s0), = first.items()
+    s1 = await ff_wait(ff, f"const s = {STATS_JS}; return s().then((o) => "
+                           f"o[{peer!r}] && o[{peer!r}].frames > {s0['frames']} && "
+                           f"o[{peer!r}].audioPackets > {s0['audioPackets']} && o);")
+    assert s1[peer]["state"] == "connected"
+    if not NO_TURN:
+        for side in (s1[peer], next(iter(last["Chromium Chris"].values()))):
+            assert (side["candidateType"], side["relayProtocol"]) == ("relay", "tcp"), side
+    # names crossed, encrypted, both ways
+    await c.wait("[...document.querySelectorAll('#grid .name')].some("
+                 "(n) => n.textContent === 'Firefox Fay')")
+    await ff_wait(ff, "return [...document.querySelectorAll('#grid .name')].some("
+                      "(n) => n.textContent === 'Chromium Chris');")
+    # chat both ways
+    await c.page.click("#btn-chat")
+    await c.page.fill("#chat-input", "hello Firefox")
+    await c.page.press("#chat-input", "Enter")
+    await ff_wait(ff, "return incognito.chat.some((m) => m.text === 'hello Firefox');")
+    await asyncio.to_thread(ff.run, """
+        document.querySelector('#btn-chat').click();
+        document.querySelector('#chat-input').value = 'hello Chromium';
+        document.querySelector('#chat-form').requestSubmit();
+        return true;""")
+    await c.wait("incognito.chat.some((m) => m.text === 'hello Chromium')")
+    await asyncio.to_thread(ff.screenshot, shots / "firefox-call.png")
+    assert await asyncio.to_thread(ff.run, "return incognito.csp;") == []
+    assert await c.csp_violations() == []
+
+
+async def test_tor_browser_like_firefox_gets_plain_words_and_chat(turn_server, webchromium,
+                                                                  firefox_marionette, shots):
+    ff = await asyncio.to_thread(firefox_marionette, TOR_LIKE)
+    await asyncio.to_thread(ff.navigate, turn_server.url)
+    await ff_wait(ff, "return document.body.dataset.screen === 'prejoin'")
+    caps = await asyncio.to_thread(
+        ff.run, "const b = document.querySelector('#prejoin-caps');"
+                "return {hidden: b.hidden, text: b.textContent,"
+                " join: document.querySelector('#join').textContent,"
+                " rtc: typeof RTCPeerConnection, md: typeof navigator.mediaDevices};")
+    assert caps["rtc"] == "undefined" and caps["md"] == "undefined", caps
+    assert caps["hidden"] is False
+    assert "Tor Browser" in caps["text"] and "WebRTC" in caps["text"], caps
+    assert "chat" in caps["text"]
+    assert caps["join"] == "Join the chat"
+    await asyncio.to_thread(ff.screenshot, shots / "tor-like-prejoin.png")
+
+    # a Chromium in the same room; the Tor-like one joins the chat only
+    c = await new_participant(webchromium, turn_server.url, "Chromium Chris")
+    await c.join()
+    await asyncio.to_thread(ff.run, """
+        document.querySelector('#name').value = 'Tor Tom';
+        document.querySelector('#join').click(); return true;""")
+    await ff_wait(ff, "return document.body.dataset.screen === 'call'")
+    await c.wait("[...document.querySelectorAll('#grid .name')].some("
+                 "(n) => n.textContent === 'Tor Tom (chat only)')")
+    await c.page.click("#btn-chat")
+    await c.page.fill("#chat-input", "can you read me")
+    await c.page.press("#chat-input", "Enter")
+    await ff_wait(ff, "return incognito.chat.some((m) => m.text === 'can you read me');")
+    await asyncio.to_thread(ff.run, """
+        document.querySelector('#chat-input').value = 'yes, through Tor';
+        document.querySelector('#chat-form').requestSubmit(); return true;""")
+    await c.wait("incognito.chat.some((m) => m.text === 'yes, through Tor')")
+    # Chromium made no media link to a browser that has no WebRTC
+    assert await c.js("incognito.mesh.links.size") == 0
+    await asyncio.to_thread(ff.screenshot, shots / "tor-like-call.png")
+    assert await asyncio.to_thread(ff.run, "return incognito.csp;") == []
+
+
+async def test_tor_browser_like_firefox_without_javascript_reads_noscript(turn_server,
+                                                                         firefox_marionette):
+    ff = await asyncio.to_thread(firefox_marionette, {**TOR_LIKE, "javascript.enabled": False})
+    await asyncio.to_thread(ff.navigate, turn_server.url)
+    # with JavaScript off, <noscript> content becomes real elements
+    def read() -> str:
+        return ff.client.find_element("css selector", "noscript .card").text
+
+    text = await asyncio.to_thread(read)
+    assert "needs JavaScript" in text and "Safest" in text, text
