@@ -72,7 +72,7 @@ export function assess(c) {
   if (!c.secureContext || !c.subtle) {
     lines.push('This page was not opened over a secure connection, so the browser will not '
       + 'encrypt or open messages. Open the room through its .onion address in Tor Browser, or '
-      + 'through https:// (or http://127.0.0.1 on the same computer).');
+      + 'through an https address (or 127.0.0.1 on the same computer).');
     return {
       level: 'none', canCall: false, canSend: false,
       headline: 'This page cannot encrypt here',
