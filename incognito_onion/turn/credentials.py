@@ -85,6 +85,17 @@ def _host(host: str) -> str:
     return host
 
 
+def host_only(host: str) -> str:
+    """The host part of a Host header value: ``abc.onion:80`` -> ``abc.onion``,
+    ``[::1]:8080`` -> ``::1``, ``127.0.0.1`` -> ``127.0.0.1``."""
+    host = host.strip()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        return host.partition(":")[0]
+    return host
+
+
 def turn_urls(host: str, port: int, tls_port: int = 0, extra: list[str] | tuple[str, ...] = (),
               ) -> list[str]:
     """The URLs for this server: ``turn:HOST:PORT?transport=tcp``, then
