@@ -66,12 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
                        ("show", "print the effective settings (secrets hidden)")):
         _common(cfg_sub.add_parser(name, help=text), top=False)
 
-    try:
-        from .cli_keys import register
-    except ImportError:
-        pass
-    else:
-        register(sub)
+    # Subcommands that live beside the module they drive: each exposes register(subparsers)
+    # and sets args.handler(args, cfg, state_dir) -> exit code.
+    import importlib
+
+    for name in ("cli_keys", "doctor"):
+        try:
+            module = importlib.import_module(f".{name}", __package__)
+        except ModuleNotFoundError as exc:  # a part not built yet in this checkout
+            if exc.name != f"{__package__}.{name}":
+                raise
+            continue
+        module.register(sub)
     return parser
 
 
