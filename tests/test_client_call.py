@@ -8,6 +8,7 @@ off their origin and trigger no CSP violation. Also: a wrong key, and a dropped 
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -200,3 +201,46 @@ async def test_socket_drop_rejoins_without_reload(turn_server, recorder, webchro
     if new != old:
         assert await a.js(f"!{tile(old)}")
     assert_clean([a, b], base)
+
+
+async def test_host_locks_the_room_and_removes_someone(turn_server, webchromium, shots):
+    base = turn_server.base
+    a = await new_participant(webchromium, base + "/", NAMES[0])
+    await a.wait("document.body.dataset.screen === 'landing'")
+    await a.page.screenshot(path=str(shots / "landing-desktop.png"))
+    await a.page.click("#create-room")
+    await a.wait("document.body.dataset.screen === 'prejoin'")
+    url = a.page.url
+    await a.join()
+    b = await new_participant(webchromium, url, NAMES[1])
+    await b.join()
+    bob = await b.self_id()
+    await a.wait(f"!!{tile(bob)}")
+    # only the host has the lock button and remove buttons
+    assert await a.js("!document.querySelector('#btn-lock').hidden")
+    assert await b.js("document.querySelector('#btn-lock').hidden")
+    assert await b.js("[...document.querySelectorAll('#grid .remove')].every((x) => x.hidden)")
+
+    await a.page.click("#btn-lock")
+    for p in (a, b):
+        await p.wait("!document.querySelector('#lock-badge').hidden")
+    c = await new_participant(webchromium, url, NAMES[2])
+    await c.wait("document.body.dataset.screen === 'prejoin'")
+    await c.page.fill("#name", NAMES[2])
+    await c.page.click("#join")
+    await c.wait("!document.querySelector('#prejoin-error').hidden")
+    assert "locked" in await c.js("document.querySelector('#prejoin-error').textContent")
+    assert await c.screen() == "prejoin"
+    await a.page.click("#btn-lock")
+    for p in (a, b):
+        await p.wait("document.querySelector('#lock-badge').hidden")
+
+    # remove Bob (the page asks to confirm)
+    a.page.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
+    await a.page.hover(f"#grid .tile[data-peer='{bob}']")
+    await a.page.click(f"#grid .tile[data-peer='{bob}'] .remove")
+    await b.wait("document.body.dataset.screen === 'ended'")
+    assert "removed" in await b.js("document.querySelector('#ended-title').textContent")
+    await a.wait(f"!{tile(bob)} && document.querySelectorAll('#grid .tile').length === 1")
+    await b.page.screenshot(path=str(shots / "removed.png"))
+    assert_clean([a, b, c], base)

@@ -17,7 +17,8 @@ const MAX_CHAT = 2000;
 
 /**
  * @typedef {{ id: string, name: string, muted: boolean, camOff: boolean, sharing: boolean,
- *   tile: HTMLElement, video: HTMLVideoElement, stream: MediaStream | null,
+ *   tile: HTMLElement, video: HTMLVideoElement, audio: HTMLAudioElement,
+ *   stream: MediaStream | null,
  *   analyser: AnalyserNode | null, source: MediaStreamAudioSourceNode | null,
  *   chatOnly?: boolean }} PeerView
  */
@@ -323,7 +324,7 @@ function applySpeaker() {
   const id = state.devices.speaker;
   if (!id || !state.caps.setSinkId) return;
   for (const p of state.peers.values()) {
-    /** @type {any} */ (p.video).setSinkId(id).catch(() => {});
+    /** @type {any} */ (p.audio).setSinkId(id).catch(() => {});
   }
 }
 
@@ -574,12 +575,17 @@ function makeTile(id, name, self) {
   const tile = /** @type {HTMLElement} */ (/** @type {DocumentFragment} */ (tpl.content.cloneNode(true)).firstElementChild);
   tile.dataset.peer = id;
   const video = /** @type {HTMLVideoElement} */ (tile.querySelector('video'));
+  // sound plays from its own element, so it goes on when video pauses (audio-only)
+  video.muted = true;
+  const audio = /** @type {HTMLAudioElement} */ (document.createElement('audio'));
+  audio.autoplay = true;
+  if (!self) tile.append(audio);
   if (self) {
     tile.classList.add('self');
     video.muted = true;
     /** @type {HTMLElement} */ (tile.querySelector('.quality')).hidden = true;
   }
-  const view = { id, name, muted: false, camOff: !self, sharing: false, tile, video, stream: null, analyser: null, source: null };
+  const view = { id, name, muted: false, camOff: !self, sharing: false, tile, video, audio, stream: null, analyser: null, source: null };
   const remove = /** @type {HTMLButtonElement} */ (tile.querySelector('.remove'));
   remove.onclick = async () => {
     if (!confirm(`Remove ${view.name} from the room?`)) return;
@@ -599,7 +605,7 @@ function addPeer(id, profile) {
   const view = makeTile(id, unreadable ? 'Unreadable (other key)' : displayName(profile?.name), false);
   state.peers.set(id, view);
   renderCount();
-  if (state.devices.speaker && state.caps.setSinkId) /** @type {any} */ (view.video).setSinkId(state.devices.speaker).catch(() => {});
+  if (state.devices.speaker && state.caps.setSinkId) /** @type {any} */ (view.audio).setSinkId(state.devices.speaker).catch(() => {});
   renderHost();
   return view;
 }
@@ -611,6 +617,7 @@ function removePeer(id) {
   if (!p) return;
   p.source?.disconnect();
   p.video.srcObject = null;
+  p.audio.srcObject = null;
   p.tile.remove();
   state.peers.delete(id);
   renderCount();
@@ -632,11 +639,17 @@ function onTrack(d) {
   const p = state.peers.get(d.peer);
   if (!p) return;
   p.stream = d.stream;
-  if (p.video.srcObject !== d.stream) p.video.srcObject = d.stream;
-  p.video.play().catch(() => {
+  const v = d.stream.getVideoTracks();
+  const a = d.stream.getAudioTracks();
+  const vs = /** @type {MediaStream | null} */ (p.video.srcObject);
+  if (v.length && (!vs || vs.getVideoTracks()[0] !== v[0])) p.video.srcObject = new MediaStream(v);
+  const as = /** @type {MediaStream | null} */ (p.audio.srcObject);
+  if (a.length && (!as || as.getAudioTracks()[0] !== a[0])) p.audio.srcObject = new MediaStream(a);
+  p.video.play().catch(() => {});
+  p.audio.play().catch(() => {
     setNotice('autoplay', 'info', 'Your browser paused the sound. Click anywhere to hear the others.', 0);
     document.addEventListener('click', () => {
-      for (const q of state.peers.values()) q.video.play().catch(() => {});
+      for (const q of state.peers.values()) q.audio.play().catch(() => {});
       clearNotice('autoplay');
     }, { once: true });
   });

@@ -27,10 +27,11 @@ export const AUDIO_KBPS = 40;
  *            scaleResolutionDownBy: number, maxFramerate: number}}
  */
 export function planBudget(o) {
-  const links = Math.max(1, o.links);
-  const perLinkKbps = Math.floor(o.uploadKbps / links);
+  const links = Math.max(0, o.links);
+  const perLinkKbps = Math.floor(o.uploadKbps / Math.max(1, links));
   const videoKbps = Math.max(0, perLinkKbps - AUDIO_KBPS);
-  const videoPaused = videoKbps < o.minVideoKbps;
+  // with no link there is nothing to pause
+  const videoPaused = links > 0 && videoKbps < o.minVideoKbps;
   const height = o.trackHeight || 720;
   // the height that bitrate carries well (VP8 rule of thumb)
   const target = videoKbps >= 1500 ? 720 : videoKbps >= 700 ? 540 : videoKbps >= 350 ? 360

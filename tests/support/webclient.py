@@ -120,8 +120,12 @@ NO_TURN = os.environ.get("WEBCLIENT_NO_TURN") == "1"
 
 
 @pytest.fixture(scope="module")
-def turn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    env = {"INCOGNITO_TURN_ENABLED": "false"} if NO_TURN else {}
+def turn_server(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One server with TURN per test module; the module's ``WEB_SERVER_ENV`` adds settings."""
+    env = dict(getattr(request.module, "WEB_SERVER_ENV", {}) or {})
+    if NO_TURN:
+        env["INCOGNITO_TURN_ENABLED"] = "false"
     srv = start_turn_server(tmp_path_factory.mktemp("webserver"), env=env)
     try:
         yield srv
