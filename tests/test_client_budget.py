@@ -33,6 +33,9 @@ async def test_video_pauses_below_the_floor_and_sound_goes_on(turn_server, webch
         text = await p.js(NOTICE + ".textContent")
         assert "Video paused" in text and "Sound goes on" in text, text
         await p.wait(f"({SENDER})().every((e) => e && e.active === false)")
+        # the other side is told, and shows a picture of initials instead of a frozen frame
+        await p.wait("[...document.querySelectorAll('#grid .tile:not(.self)')]"
+                     ".every((t) => t.dataset.camOff === 'true')")
     # sound flows (energy rising), video frames do not
     first = await a.stats()
     peer = next(iter(first))

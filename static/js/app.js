@@ -454,7 +454,8 @@ function announceState() {
   const sig = state.sig;
   if (!sig || !sig.active) return;
   sig.broadcast({ type: 'state', name: state.name, muted: !state.micOn,
-    camOff: !state.camera && !state.screen, sharing: !!state.screen,
+    camOff: (!state.camera && !state.screen) || !!state.mesh?.budget?.videoPaused,
+    sharing: !!state.screen,
     webrtc: state.verdict.canCall }).catch(() => {});
 }
 
@@ -554,6 +555,7 @@ function onBudget(plan) {
   } else {
     clearNotice('budget');
   }
+  announceState();
 }
 
 /* ------------------------------------------------------------------ tiles */
