@@ -1,0 +1,109 @@
+"""``incognito-onion keys add NAME | list | remove NAME``: participant keys for v3 onion client
+authorization (tor.client_auth). The CLI calls :func:`register` on its subparsers; every handler
+takes ``(args, cfg, state_dir)`` and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .state import StateDirError, ensure_state_dir
+from .tor import client_keys
+from .tor.onion_key import OnionKeyError, load_or_create_key
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``keys`` with its three subcommands; each leaf sets ``func=handler``."""
+    keys = subparsers.add_parser(
+        "keys", help="participant keys for onion client authorization",
+        description="Manage the keys participants need when tor.client_auth is on. Only the "
+                    "public half is stored; the private half is printed once by `keys add`.")
+    keys.set_defaults(func=_usage(keys))
+    sub = keys.add_subparsers(dest="keys_command", metavar="{add,list,remove}")
+    add = sub.add_parser("add", help="make a key for a participant and print what they paste "
+                                     "into Tor Browser")
+    add.add_argument("name", help="who it is for: 1-32 letters, digits, - or _")
+    add.set_defaults(func=cmd_add)
+    lst = sub.add_parser("list", help="list the stored keys")
+    lst.set_defaults(func=cmd_list)
+    rm = sub.add_parser("remove", help="delete a key (that person can no longer connect after "
+                                       "the next restart)")
+    rm.add_argument("name")
+    rm.set_defaults(func=cmd_remove)
+    return keys
+
+
+def _usage(parser: argparse.ArgumentParser):
+    def handler(args: argparse.Namespace, cfg: Any, state_dir: Path) -> int:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    return handler
+
+
+def _err(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def cmd_add(args: argparse.Namespace, cfg: Any, state_dir: Path) -> int:
+    try:
+        state_dir = ensure_state_dir(state_dir)
+        key = client_keys.add(state_dir, args.name)
+        persistent = bool(cfg.tor.persistent_key)
+        # the line names the onion, so it exists only for a stable (persistent) address
+        onion = load_or_create_key(state_dir, True) if persistent else None
+    except (client_keys.ClientKeyError, StateDirError, OnionKeyError) as exc:
+        return _err(str(exc))
+    print(f"Added key {key.name!r}. Give {key.name} this (it is shown only once, not stored):")
+    print()
+    if onion is not None:
+        print(f"  {key.browser_line(onion.service_id)}")
+        print()
+        print("Tor Browser asks for a key when it opens the onion: paste the part after the "
+              "last ':'")
+        print(f"  {key.private}")
+    else:
+        print(f"  {key.private}")
+        print()
+        print("Tor Browser asks for this key when it opens the onion. tor.persistent_key is "
+              "off, so the onion address changes every run; turn it on for a stable address "
+              "and a ready-made line (<onion-id>:descriptor:x25519:<key>).")
+    if not cfg.tor.client_auth:
+        print("note: tor.client_auth is off, so the onion is open to anyone; set it to true "
+              "to require keys")
+    print("A running `incognito-onion up` uses new keys after a restart.")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, cfg: Any, state_dir: Path) -> int:
+    try:
+        keys = client_keys.list_keys(state_dir)
+    except (client_keys.ClientKeyError, StateDirError) as exc:
+        return _err(str(exc))
+    if not keys:
+        print("no participant keys (add one with `incognito-onion keys add NAME`)")
+        return EXIT_OK
+    width = max(len(k.name) for k in keys)
+    for k in keys:
+        print(f"{k.name:<{width}}  x25519 public key {k.public[:12]}…")
+    state = "on" if cfg.tor.client_auth else "off (the onion is open to anyone)"
+    print(f"{len(keys)} key{'s' if len(keys) != 1 else ''}; tor.client_auth is {state}")
+    return EXIT_OK
+
+
+def cmd_remove(args: argparse.Namespace, cfg: Any, state_dir: Path) -> int:
+    try:
+        removed = client_keys.remove(state_dir, args.name)
+    except (client_keys.ClientKeyError, StateDirError, OSError) as exc:
+        return _err(str(exc))
+    if not removed:
+        return _err(f"no key named {args.name!r} (see `incognito-onion keys list`)")
+    print(f"removed key {args.name!r}; it stops working when `incognito-onion up` restarts")
+    return EXIT_OK
