@@ -21,6 +21,12 @@ NAMES = ["Alice Liddell", "Bob Marley", "Carol Danvers", "Dave Lister"]
 CHAT = "the eagle lands at noon 7f3a9"
 
 
+# what a failed wait on tiles reports
+TILES = ("JSON.stringify({tiles: [...document.querySelectorAll('#grid .tile')].map("
+         "(t) => t.dataset.peer), peers: [...incognito.peers.keys()], "
+         "log: document.querySelector('#chat-log').textContent})")
+
+
 def tile(peer: str) -> str:
     return f"document.querySelector('#grid .tile[data-peer=\"{peer}\"]')"
 
@@ -196,7 +202,8 @@ async def test_socket_drop_rejoins_without_reload(turn_server, recorder, webchro
     # the call goes on: fresh frames both ways, the others see one Bob (no ghost tile)
     await wait_media([a, b], 1, audio=False)
     await a.wait("(id) => document.querySelectorAll('#grid .tile').length === 2 && "
-                 "!!document.querySelector(`#grid .tile[data-peer=\"${id}\"]`)", new)
+                 "!!document.querySelector(`#grid .tile[data-peer=\"${id}\"]`)", new,
+                 why=TILES)
     assert await a.js("incognito.peers.size") == 1
     if new != old:
         assert await a.js(f"!{tile(old)}")
@@ -244,3 +251,34 @@ async def test_host_locks_the_room_and_removes_someone(turn_server, webchromium,
     await a.wait(f"!{tile(bob)} && document.querySelectorAll('#grid .tile').length === 1")
     await b.page.screenshot(path=str(shots / "removed.png"))
     assert_clean([a, b, c], base)
+
+
+async def test_silently_lost_connection_resumes_the_same_peer(turn_server, recorder,
+                                                             webchromium):
+    """The network dies under Bob without a goodbye: his browser reconnects before the server
+    notices, rejoins with its resume token and takes his peer over; Alice sees no one leave and
+    the media link is never rebuilt."""
+    base = recorder.base
+    a, url = await create_room(webchromium, base, NAMES[0])
+    await a.join()
+    b = await new_participant(webchromium, url, NAMES[1])
+    await b.join()
+    await wait_media([a, b], 1, audio=False)
+    await b.js("window.__noReload = 1")
+    bob = await b.self_id()
+    sid = await a.js(f"incognito.mesh.links.get({bob!r}).sid")
+    assert await recorder.drop_silently(bob) == 1
+    await b.wait("incognito.sig.rejoins === 1", timeout=20)
+    assert await b.js("incognito.sig.resumes") == 1
+    assert await b.self_id() == bob
+    assert await b.js("window.__noReload") == 1
+    await wait_media([a, b], 1, audio=False)
+    assert await a.js(f"incognito.mesh.links.get({bob!r}).sid") == sid, "link was rebuilt"
+    assert await a.js("incognito.peers.size") == 1
+    log = await a.js("document.querySelector('#chat-log').textContent")
+    assert "left" not in log, log
+    # and encrypted messages still flow from the resumed peer (sequence numbers go on)
+    await b.page.click("#btn-chat")
+    await b.page.fill("#chat-input", "still here")
+    await b.page.press("#chat-input", "Enter")
+    await a.wait("incognito.chat.some((m) => m.text === 'still here')")

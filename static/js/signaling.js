@@ -110,6 +110,9 @@ export class Signaling extends EventTarget {
     /** @type {ReturnType<typeof setTimeout> | null} */
     this.iceTimer = null;
     this.connectedOnce = false;
+    /** rejoins after a reconnect, and how many of them took the old peer over (resume) */
+    this.rejoins = 0;
+    this.resumes = 0;
     this._wire();
   }
 
@@ -259,6 +262,8 @@ export class Signaling extends EventTarget {
       const payload = { room, meta };
       if (this.resume) payload.resume = this.resume;
       const ack = await this.request('join', payload);
+      this.rejoins += 1;
+      if (ack.peer === before) this.resumes += 1;
       await this._entered(ack, ack.peer === before);
     } catch (e) {
       const err = /** @type {SignalingError} */ (e);

@@ -143,6 +143,13 @@ _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
         "sec-websocket-extensions", "sec-websocket-accept"}
 
 
+@dataclass
+class _WsPair:
+    ws: Any
+    down: list[str] = field(default_factory=list)
+    held: bool = False
+
+
 class Recorder:
     """Reverse proxy to ``upstream`` that keeps every socket.io payload in ``frames``."""
 
@@ -152,6 +159,22 @@ class Recorder:
         self.base = ""
         self._runner: Any = None
         self._session: Any = None
+        self._pairs: list[_WsPair] = []
+        self._released = asyncio.Event()
+
+    async def drop_silently(self, peer: str) -> int:
+        """Cuts the browser side of the WebSocket(s) of peer ``peer`` (found by its join ack)
+        while keeping the server side open and silent, like a network that died without a FIN:
+        the browser reconnects at once, the server has not noticed yet, so the browser's
+        ``join`` with its resume token takes its old peer over. Returns how many were cut."""
+        own = re.compile(r'"peer":\s*"' + re.escape(peer) + r'",\s*"host"')
+        cut = 0
+        for pair in self._pairs:
+            if not pair.ws.closed and any(own.search(t) for t in pair.down):
+                pair.held = True
+                await pair.ws.close()
+                cut += 1
+        return cut
 
     def relayed(self) -> str:
         return "\n".join(t for _, t in self.frames)
@@ -172,6 +195,7 @@ class Recorder:
         return self.base
 
     async def close(self) -> None:
+        self._released.set()
         if self._runner:
             await self._runner.cleanup()
         if self._session:
@@ -186,22 +210,31 @@ class Recorder:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             ws = web.WebSocketResponse()
             await ws.prepare(request)
+            pair = _WsPair(ws)
+            self._pairs.append(pair)
             async with self._session.ws_connect(url.replace("http", "ws", 1),
                                                 headers=headers) as up:
                 async def pump(src: Any, dst: Any, tag: str) -> None:
-                    async for msg in src:
-                        if msg.type == WSMsgType.TEXT:
-                            self.frames.append((tag, msg.data))
-                            await dst.send_str(msg.data)
-                        elif msg.type == WSMsgType.BINARY:
-                            self.frames.append((tag, msg.data.decode("latin-1")))
-                            await dst.send_bytes(msg.data)
-                        else:
-                            break
-                    await dst.close()
+                    with contextlib.suppress(Exception):
+                        async for msg in src:
+                            if msg.type == WSMsgType.TEXT:
+                                self.frames.append((tag, msg.data))
+                                if tag == "down":
+                                    pair.down.append(msg.data)
+                                await dst.send_str(msg.data)
+                            elif msg.type == WSMsgType.BINARY:
+                                self.frames.append((tag, msg.data.decode("latin-1")))
+                                await dst.send_bytes(msg.data)
+                            else:
+                                break
+                    if not pair.held:
+                        await dst.close()
 
                 await asyncio.gather(pump(ws, up, "up"), pump(up, ws, "down"),
                                      return_exceptions=True)
+                if pair.held:  # the server must not notice: keep its side open, silent
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._released.wait(), 60)
             return ws
         body = await request.read()
         if request.path.startswith("/socket.io/") and body:
@@ -322,7 +355,8 @@ class Participant:
     async def js(self, expr: str, arg: Any = None) -> Any:
         return await self.page.evaluate(expr, arg)
 
-    async def wait(self, expr: str, arg: Any = None, timeout: float = 20.0) -> Any:
+    async def wait(self, expr: str, arg: Any = None, timeout: float = 20.0,
+                   why: str = "document.body.dataset.screen") -> Any:
         """Polls ``expr`` (an expression, or a function of ``arg``) until it is truthy.
         (Playwright's wait_for_function evaluates strings with eval, which the page's CSP
         refuses; page.evaluate goes through the debugger protocol.)"""
@@ -338,8 +372,8 @@ class Participant:
                     return last
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.name}: timed out after {timeout:g} s waiting for "
-                                     f"{expr} (last: {last!r}); screen="
-                                     f"{await self.page.evaluate('document.body.dataset.screen')}")
+                                     f"{expr} (last: {last!r}); {why}: "
+                                     f"{await self.page.evaluate(why)}")
             await asyncio.sleep(0.1)
 
     async def screen(self) -> str:
