@@ -24,7 +24,6 @@ from incognito_onion.tor import (
     TorTooOld,
     TorWrongPassword,
     attach,
-    launch,
 )
 from incognito_onion.tor.control import Control, wait_bootstrap
 from incognito_onion.tor.onion_key import OnionKey
@@ -88,7 +87,6 @@ async def test_binary_missing_from_path(tmp_path, monkeypatch):
     empty_bin = tmp_path / "bin"
     empty_bin.mkdir()
     monkeypatch.setenv("PATH", str(empty_bin))
-    monkeypatch.setattr(launch, "FALLBACK_DIRS", ())
     with pytest.raises(TorBinaryMissing, match="not installed .* not on PATH"):
         await start_service(make_cfg(tmp_path), tmp_path / "state")
 
@@ -274,3 +272,34 @@ async def test_second_tor_on_the_same_state_dir(tmp_path):
         with pytest.raises(asyncio.CancelledError):
             await task
         await first.close()
+
+
+def test_attach_through_a_control_socket(offline_tor):
+    node = offline_tor("sock", control_socket=True)
+    sock = node.datadir / "control.sock"
+    controller = attach.connect(str(sock))
+    try:
+        assert controller.is_authenticated()
+        assert controller.get_info("version")
+    finally:
+        controller.close()
+
+
+async def test_long_state_dir_uses_a_loopback_control_port(tmp_path):
+    """A socket path over ~100 bytes cannot be bound: we fall back to ControlPort auto."""
+    state = tmp_path / ("deep-" * 20) / "state"
+    cfg = make_cfg(tmp_path, **{"tor.extra_torrc": dead_network_torrc(),
+                                "tor.bootstrap_timeout": 60})
+    seen = asyncio.Event()
+    service = TorService(cfg, state, on_progress=lambda p: seen.set())
+    task = asyncio.create_task(service.start())
+    try:
+        await asyncio.wait_for(seen.wait(), 30)  # connected and authenticated (cookie)
+        port_file = (state / "tor-data" / "control.port").read_text()
+        assert port_file.startswith("PORT=127.0.0.1:")
+        assert not (state / "tor-data" / "control.sock").exists()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await service.close()

@@ -264,3 +264,25 @@ def test_keys_add_without_persistent_key_prints_the_bare_key(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "persistent_key is off" in out and "client_auth is off" in out
     assert not key_path(tmp_path / "s").exists()
+
+
+def test_keys_through_the_cli(tmp_path, capsys, monkeypatch):
+    from incognito_onion import cli
+
+    for name in list(os.environ):
+        if name.startswith("INCOGNITO_"):
+            monkeypatch.delenv(name)
+    conf = tmp_path / "config.yaml"
+    conf.write_text("tor:\n  persistent_key: true\n  client_auth: true\n")
+    state = tmp_path / "state"
+    base = ["--config", str(conf), "--state-dir", str(state)]
+    assert cli.main([*base, "keys", "add", "carol"]) == 0
+    out = capsys.readouterr().out
+    sid = load_key(state).service_id
+    assert f"{sid}:descriptor:x25519:" in out
+    # flags after the subcommand work too
+    assert cli.main(["keys", "list", "--config", str(conf), "--state-dir", str(state)]) == 0
+    assert "carol" in capsys.readouterr().out
+    assert cli.main([*base, "keys", "remove", "nobody"]) == 1
+    assert "incognito-onion: no key named 'nobody'" in capsys.readouterr().err
+    assert cli.main([*base, "keys"]) == 2

@@ -37,8 +37,6 @@ MAX_SOCKET_PATH = 100
 STOP_TIMEOUT = 5.0
 #: tor log lines that say nothing useful on their own
 _UNTELLING = ("see warnings above", "TestingTorNetwork is set", "Reading config failed")
-#: also looked in when tor is not on PATH (some systems install it in sbin, off users' PATH)
-FALLBACK_DIRS: tuple[str, ...] = ("/usr/sbin", "/usr/local/sbin")
 
 
 def find_binary(binary: str) -> str:
@@ -52,8 +50,7 @@ def find_binary(binary: str) -> str:
         if not os.access(path, os.X_OK) or path.is_dir():
             raise TorBinaryMissing(f"tor executable {name} is not executable: fix tor.binary")
         return str(path)
-    found = shutil.which(name) or (
-        shutil.which(name, path=os.pathsep.join(FALLBACK_DIRS)) if FALLBACK_DIRS else None)
+    found = shutil.which(name)
     if not found:
         raise TorBinaryMissing(f"tor is not installed ({name!r} is not on PATH): install it "
                                f"(Debian: sudo apt install tor) or set tor.binary")
@@ -158,12 +155,13 @@ class LaunchedTor:
                     if self.plan.control_socket.exists() else None)
         assert self.plan.control_port_file is not None
         try:
-            text = self.plan.control_port_file.read_text().strip()  # PORT=127.0.0.1:N
+            text = self.plan.control_port_file.read_text()  # PORT=127.0.0.1:N\n[UNIX_PORT=...]
         except OSError:
             return None
-        if not text.startswith("PORT=") or not text.endswith(tuple("0123456789")):
-            return None
-        host, _, port = text[5:].rpartition(":")
+        line = next((ln for ln in text.splitlines() if ln.startswith("PORT=")), "")
+        host, _, port = line[5:].rpartition(":")
+        if not host or not port.isdigit():
+            return None  # not written yet (or half written)
         return attach.ControlAddress(host=host, port=int(port))
 
     def _log_lines(self) -> list[str]:

@@ -125,8 +125,9 @@ class Node:
 
     @property
     def control_port(self) -> int:
-        text = (self.datadir / "control.port").read_text().strip()  # "PORT=127.0.0.1:N"
-        return int(text.rpartition(":")[2])
+        text = (self.datadir / "control.port").read_text()  # "PORT=127.0.0.1:N\n[UNIX_PORT=..]"
+        line = next(ln for ln in text.splitlines() if ln.startswith("PORT="))
+        return int(line.rpartition(":")[2])
 
     def has_control_port(self) -> bool:
         try:
@@ -397,15 +398,18 @@ def build_network(root: Path) -> TorNetwork:
 
 
 def start_offline_tor(datadir: Path, password: str | None = None,
-                      cookie: bool = True) -> Node:
-    """A tor with no network (``DisableNetwork 1``) and a loopback control port: cookie auth,
-    and/or a password. Enough for control-port tests and for an onion that never publishes."""
+                      cookie: bool = True, control_socket: bool = False) -> Node:
+    """A tor with no network (``DisableNetwork 1``) and a loopback control port (plus a control
+    socket ``<datadir>/control.sock`` if asked): cookie auth and/or a password. Enough for
+    control-port tests and for an onion that never publishes."""
     datadir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (datadir / "empty").write_text("")
     empty = datadir / "empty"
     lines = [ln for ln in _common("offline", datadir, empty)
              if ln not in ("CookieAuthentication 1", "TestingTorNetwork 1")]
     lines += ["DisableNetwork 1", "SocksPort 0", f"CookieAuthentication {int(cookie)}"]
+    if control_socket:
+        lines.append(f"ControlSocket unix:{datadir / 'control.sock'}")
     if password is not None:
         hashed = subprocess.run([TOR, "--quiet", "--hash-password", password],
                                 capture_output=True, text=True, timeout=30, check=True)
