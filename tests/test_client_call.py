@@ -74,6 +74,18 @@ async def test_four_person_call(turn_server, recorder, webchromium, shots):
                 got = (s["candidateType"], s["relayProtocol"])
                 assert got == ("relay", "tcp"), (p.name, peer, s)
 
+    # the per-peer connection quality shows, and someone's speaking lights their tile
+    for p in parts:
+        await p.wait("(() => { const q = [...document.querySelectorAll("
+                     "'#grid .tile:not(.self) .quality')]; return q.length === 3 && "
+                     "q.every((x) => x.dataset.level === 'good' && x.title.includes('round trip'))"
+                     "})()")
+    await a.wait("document.querySelectorAll('#grid .tile.speaking:not(.self)').length > 0",
+                 timeout=10)
+    if not NO_TURN:
+        assert "via relay/tcp" in await a.js("document.querySelector("
+                                             "'#grid .tile:not(.self) .quality').title")
+
     ids = {p.name: await p.self_id() for p in parts}
     for p in parts:
         assert await p.js("document.querySelectorAll('#grid .tile').length") == 4

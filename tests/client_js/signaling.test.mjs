@@ -72,6 +72,10 @@ class FakeServer {
       room.peers.get(p.to)?.sock.deliver('connection', { room: room.id, from: me.id, data: p.data });
       return reply({ ok: true });
     }
+    if (event === 'ice') {
+      return reply({ ok: true, iceServers: [{ urls: ['turn:127.0.0.1:3478?transport=tcp'],
+        username: 'fresh', credential: 'c' }], iceTransportPolicy: 'relay', iceExpires: 4102444800 });
+    }
     if (event === 'leave') {
       room.peers.delete(me.id);
       for (const q of room.peers.values()) q.sock.deliver('left', { room: room.id, peer: me.id, reason: 'left' });
@@ -265,4 +269,18 @@ test('the upload budget is split across links and video pauses below the floor',
   assert.equal(seven.videoPaused, true);
   const screen = planBudget({ uploadKbps: 2500, minVideoKbps: 150, links: 3, trackHeight: 1080, screen: true });
   assert.equal(screen.scaleResolutionDownBy, 1);
+});
+
+test('fresh TURN credentials from the ice event are announced', async () => {
+  const { sigs } = await room(1);
+  const [a] = sigs;
+  const got = next(a, 'ice');
+  await a.refreshIce();
+  const ice = await got;
+  assert.equal(ice.iceTransportPolicy, 'relay');
+  assert.equal(ice.iceServers[0].username, 'fresh');
+  assert.equal(a.ice.iceExpires, 4102444800);
+  assert.ok(a.iceTimer, 'the next refresh is scheduled');
+  await a.leave();
+  assert.equal(a.iceTimer, null);
 });
