@@ -26,6 +26,7 @@ from . import attach
 from .control import BootstrapProgress, Control, check_version, parse_version, wait_bootstrap
 from .errors import (
     TorBinaryMissing,
+    TorControlRefused,
     TorError,
     TorLaunchFailed,
     TorTooOld,
@@ -283,7 +284,15 @@ async def launch(
 ) -> tuple[LaunchedTor, Control]:
     """Start tor and wait until it has bootstrapped. Returns the process and an authenticated
     control connection. On any failure the tor we started is stopped before raising."""
-    tor = await asyncio.to_thread(start_process, binary, state_dir, extra_torrc, socks_port)
+    starting = asyncio.ensure_future(
+        asyncio.to_thread(start_process, binary, state_dir, extra_torrc, socks_port))
+    try:
+        tor = await asyncio.shield(starting)
+    except asyncio.CancelledError:  # cancelled while Popen ran: stop what it started
+        with contextlib.suppress(Exception):
+            started = await starting
+            await asyncio.to_thread(started.stop)
+        raise
     ctl: Control | None = None
     try:
         deadline = time.monotonic() + bootstrap_timeout
@@ -297,12 +306,21 @@ async def launch(
                     raise TorLaunchFailed(f"tor did not open its control port within "
                                           f"{bootstrap_timeout:g}s")
                 await asyncio.sleep(0.05)
-        try:
-            controller = await asyncio.to_thread(attach.connect, addr, None)
-        except TorError:
-            if not tor.alive():
-                raise _early_exit_error(tor) from None
-            raise
+        while True:
+            try:
+                controller = await asyncio.to_thread(attach.connect, addr, None)
+                break
+            except TorControlRefused:
+                # the socket can exist a moment before tor listens on it
+                if not tor.alive():
+                    raise _early_exit_error(tor) from None
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+            except TorError:
+                if not tor.alive():
+                    raise _early_exit_error(tor) from None
+                raise
         ctl = Control(controller, "the tor we launched", tor.death_detail)
         check_version(await ctl.version(), "the tor we launched")
         remaining = max(0.0, deadline - time.monotonic())

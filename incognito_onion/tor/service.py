@@ -149,12 +149,18 @@ class TorService:
         self._lost.clear()
         loop = asyncio.get_running_loop()
 
-        def status(_controller: object, state: stem.control.State, _ts: float) -> None:
-            if state == stem.control.State.CLOSED:
-                loop.call_soon_threadsafe(self._lost.set)
+        def status(controller: object, state: stem.control.State, _ts: float) -> None:
+            if state == stem.control.State.CLOSED:  # stem's thread: hand over to the loop
+                with contextlib.suppress(RuntimeError):  # loop already closed
+                    loop.call_soon_threadsafe(self._connection_closed, controller)
 
         self._ctl.controller.add_status_listener(status, spawn=False)
         if not self._ctl.is_alive():
+            self._lost.set()
+
+    def _connection_closed(self, controller: object) -> None:
+        # only the current connection counts, not one we closed ourselves while recovering
+        if self._ctl is not None and self._ctl.controller is controller:
             self._lost.set()
 
     # -- publishing ------------------------------------------------------------------------
