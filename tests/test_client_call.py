@@ -162,6 +162,7 @@ async def test_four_person_call(turn_server, recorder, webchromium, shots):
     assert_clean(parts, base)
     for p in parts:
         assert await p.csp_violations() == [], p.name
+        assert await p.js("document.querySelector('[data-notice=ice]') === null"), p.name
 
 
 async def test_wrong_key_sees_notice_and_decrypts_nothing(turn_server, recorder, webchromium,

@@ -146,3 +146,19 @@ async def test_tor_browser_like_firefox_without_javascript_reads_noscript(turn_s
 
     text = await asyncio.to_thread(read)
     assert "needs JavaScript" in text and "Safest" in text, text
+
+
+async def test_firefox_that_cannot_reach_the_relay_is_told_what_to_change(
+        turn_server, webchromium, firefox_marionette):
+    """Without ICE on loopback, Firefox gathers no candidate for the relay on 127.0.0.1: the
+    same symptom as proxy-only mode behind Tor. The page names the about:config fix."""
+    if NO_TURN:
+        pytest.skip("needs the TURN relay")
+    c = await new_participant(webchromium, turn_server.url, "Chromium Chris")
+    await c.join()
+    ff = await asyncio.to_thread(firefox_marionette,
+                                 {**AUTOPLAY, "media.peerconnection.ice.loopback": False})
+    await ff_join(ff, turn_server.url, "Firefox Fay")
+    text = await ff_wait(ff, "const n = document.querySelector('[data-notice=ice]');"
+                             "return n && n.textContent;")
+    assert "proxy_only_if_behind_proxy" in text and "chat still works" in text, text

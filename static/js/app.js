@@ -4,7 +4,7 @@
  * and crypto live in signaling.js / crypto.js, the mesh in mesh.js.
  */
 import { io } from '/static/vendor/socket.io.esm.min.js';
-import { assess, detect, explainMediaError } from './capabilities.js';
+import { assess, detect, explainMediaError, explainNoCandidates } from './capabilities.js';
 import { generateRoomKey, KeyError, parseRoomKey } from './crypto.js';
 import { Mesh } from './mesh.js';
 import { drawQr } from './qr.js';
@@ -426,6 +426,12 @@ function enterCall() {
       if (p) { p.tile.dataset.link = d.state; }
     });
     mesh.addEventListener('budget', (e) => onBudget(/** @type {CustomEvent} */ (e).detail));
+    mesh.addEventListener('no-candidates', () => {
+      setNotice('ice', 'bad', explainNoCandidates({
+        firefox: /firefox/i.test(navigator.userAgent),
+        relayOnly: sig.ice.iceTransportPolicy === 'relay',
+      }));
+    });
   }
   state.selfView = makeTile('self', state.name || 'You', true);
   renderCount();

@@ -147,3 +147,21 @@ export function explainMediaError(err) {
       return 'The camera or microphone could not be started. You can join without them.';
   }
 }
+
+/**
+ * What to say when ICE gathered no candidate at all (the relay cannot be reached).
+ * @param {{ firefox: boolean, relayOnly: boolean }} o
+ * @returns {string}
+ */
+export function explainNoCandidates(o) {
+  const base = 'Your browser found no way to reach this room\'s media relay, so you cannot see '
+    + 'or hear the others (the chat still works).';
+  if (o.firefox) {
+    return `${base} In Firefox or Mullvad Browser behind Tor or another proxy, open `
+      + 'about:config and set media.peerconnection.ice.proxy_only_if_behind_proxy to false, '
+      + 'then reload. That is safe here: media still goes only to the room\'s relay, over TCP '
+      + 'through your proxy, so nobody learns your address.';
+  }
+  return `${base} A firewall or proxy may block it${o.relayOnly ? ' (the relay is reached over TCP)' : ''}; `
+    + 'try another network or browser.';
+}

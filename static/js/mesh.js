@@ -13,7 +13,7 @@
  * A non-initiator that (re)joins sends `{hello: true}` so the initiator (re)builds a dead link.
  *
  * Events: `track` {peer, stream}; `link-state` {peer, state}; `budget` (see planBudget);
- * `link-closed` {peer}.
+ * `link-closed` {peer}; `no-candidates` {peer} (ICE gathered nothing: relay unreachable).
  */
 
 /** Audio's share of each link's budget, kbit/s. */
@@ -92,8 +92,18 @@ export class Link {
       this.videoTx = pc.addTransceiver(mesh.local.video || 'video', { direction: 'sendrecv' });
     }
     pc.onnegotiationneeded = () => { this._negotiate(); };
+    this.gathered = 0;
     pc.onicecandidate = ({ candidate }) => {
-      if (candidate) this.send({ candidate: candidate.toJSON() });
+      if (!candidate) return;
+      if (candidate.candidate) this.gathered += 1;
+      this.send({ candidate: candidate.toJSON() });
+    };
+    pc.onicegatheringstatechange = () => {
+      // nothing at all to offer: the relay is unreachable (or, in Firefox behind a proxy,
+      // proxy-only mode found no default address): say so instead of waiting forever
+      if (pc.iceGatheringState === 'complete' && this.gathered === 0 && !this.closed) {
+        mesh._fire('no-candidates', { peer });
+      }
     };
     pc.ontrack = ({ track }) => {
       for (const t of this.stream.getTracks()) {
