@@ -121,6 +121,15 @@ async def serve(cfg: Config, state_dir: Path, opts: UpOptions | None = None,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    try:
+        return await _serve(cfg, state_dir, opts, stop, ready)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(cfg: Config, state_dir: Path, opts: UpOptions, stop: asyncio.Event,
+                 ready: Callable[[str], Awaitable[None] | None] | None) -> int:
     async with contextlib.AsyncExitStack() as stack:
         ice: IceProvider = no_turn_ice
         turn_port = None
@@ -135,8 +144,9 @@ async def serve(cfg: Config, state_dir: Path, opts: UpOptions | None = None,
         port = _bound_port(runner) or cfg.server.port
         room = signaling.registry.open_pinned()
         key = ids.new_room_key()
+        tor = None
         if cfg.tor.enabled:
-            base = await _start_tor(cfg, state_dir, port, turn_port, stack)
+            base, tor = await _start_tor(cfg, state_dir, port, turn_port, stack)
         else:
             base = f"http://{_url_host(_display_host(cfg.server.host))}:{port}"
             _say(f"serving on {base} (tor is off: only reachable from this machine or network)")
@@ -149,11 +159,26 @@ async def serve(cfg: Config, state_dir: Path, opts: UpOptions | None = None,
             result = ready(url)
             if asyncio.iscoroutine(result):
                 await result
-        await stop.wait()
+        lost = await _wait_stop_or_tor_lost(stop, tor)
         _say("stopping…")
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.remove_signal_handler(sig)
+        if lost is not None:
+            raise UpError(f"tor: {lost}", getattr(lost, "exit_code", exitcodes.TOR))
     return exitcodes.OK
+
+
+async def _wait_stop_or_tor_lost(stop: asyncio.Event, tor: Any) -> Exception | None:
+    """Wait for a stop signal, or for tor's watchdog to give up (its error is returned)."""
+    waiters = {asyncio.ensure_future(stop.wait())}
+    if tor is not None:
+        waiters.add(asyncio.ensure_future(tor.wait_failed()))
+    done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    for task in done:
+        result = task.result()
+        if isinstance(result, Exception):
+            return result
+    return None
 
 
 def _display_host(host: str) -> str:
@@ -168,11 +193,62 @@ def _bound_port(runner: web.AppRunner) -> int | None:
     return None
 
 
+class _ProgressBar:
+    """tor's bootstrap as a bar with tor's own summary: redrawn in place on a terminal, one
+    line per change otherwise (logs, pipes)."""
+
+    def __init__(self, out: TextIO):
+        self.out = out
+        self.tty = out.isatty()
+        self.last = ""
+
+    def __call__(self, p: Any) -> None:
+        width = 30
+        filled = width * max(0, min(100, int(p.percent))) // 100
+        what = "tor restarting" if getattr(p, "relaunch", False) else "tor"
+        line = f"{what} [{'#' * filled}{'.' * (width - filled)}] {p.describe()}"
+        if line == self.last:
+            return
+        self.last = line
+        if self.tty:
+            end = "\n" if p.percent >= 100 else ""
+            print(f"\r\x1b[2K{line}", end=end, file=self.out, flush=True)
+        else:
+            print(line, file=self.out, flush=True)
+
+
 async def _start_tor(cfg: Config, state_dir: Path, web_port: int, turn_port: int | None,
-                     stack: contextlib.AsyncExitStack) -> str:
+                     stack: contextlib.AsyncExitStack) -> tuple[str, Any]:
+    """Launch or attach to tor and publish the web server (port 80) and TURN (its own port)
+    as one onion. Returns the base URL and the service (to watch for a tor that is lost)."""
+    from .state import StateDirError
+    from .tor import TorError, TorService
+
+    def on_event(event: Any) -> None:
+        _say(f"tor: {event.message}")
+
+    tor = TorService(cfg, state_dir, on_progress=_ProgressBar(sys.stderr), on_event=on_event)
+    web_host = "127.0.0.1" if cfg.server.host in ("0.0.0.0", "::", "") else cfg.server.host  # noqa: S104
+    ports: dict[int, tuple[str, int]] = {80: (web_host, web_port)}
+    if turn_port is not None:
+        ports[cfg.turn.port] = (cfg.turn.listen_ip, turn_port)
     try:
-        from .tor.service import TorService  # noqa: F401
-    except ImportError:
-        raise UpError("publishing through tor is not available in this build yet; run with "
-                      "--no-tor to serve on this machine only", exitcodes.TOR) from None
-    raise UpError("tor integration pending", exitcodes.TOR)  # replaced when tor lands
+        await tor.start()
+        stack.push_async_callback(tor.close)
+        onion = await tor.publish(ports)
+    except TorError as exc:
+        await tor.close()
+        raise UpError(f"tor: {exc}", getattr(exc, "exit_code", exitcodes.TOR)) from None
+    except StateDirError as exc:
+        await tor.close()
+        raise UpError(str(exc), exitcodes.STATE) from None
+    how = "attached to the running tor" if tor.mode == "attach" else "launched tor"
+    extras = []
+    if onion.client_auth:
+        extras.append(f"client authorization: {onion.client_auth} key(s)")
+    extras.append("proof-of-work defence on" if onion.pow else "no proof-of-work defence")
+    _say(f"onion published in {onion.seconds:.1f} s ({how}; tor ready in "
+         f"{onion.bootstrap_seconds:.1f} s; {', '.join(extras)})")
+    for note in onion.notes:
+        _say(f"tor: {note}")
+    return f"http://{onion.address}", tor
