@@ -17,7 +17,9 @@ import psutil
 import pytest
 import socketio
 from aiohttp_socks import ProxyConnector
+from python_socks.async_.asyncio import Proxy
 
+from incognito_onion.turn.client import TurnClient, TurnClientError
 from tests.support.server import _server_env, free_port, server_command
 from tests.support.tornet import fetch_via_socks, socks_reply_code
 
@@ -120,6 +122,7 @@ async def signaling_through_onion(base: str, room: str, socks_port: int) -> None
         onion_host = base.removeprefix("http://")
         assert any(u.startswith(f"turn:{onion_host}:") for u in turn_urls), turn_urls
         assert ra["iceTransportPolicy"] == "relay"
+        await turn_allocation_through_onion(ra["iceServers"][0], socks_port)
         rb = await b.call("join", {"room": room}, timeout=30)
         assert rb["ok"] and [p["peer"] for p in rb["peers"]] == [ra["peer"]]
         created = await a.call("create", {}, timeout=30)
@@ -136,6 +139,24 @@ async def signaling_through_onion(base: str, room: str, socks_port: int) -> None
             await c.disconnect()
         for s in sessions:
             await s.close()
+
+
+async def turn_allocation_through_onion(server: dict, socks_port: int) -> None:
+    """The credentials a browser got through the onion allocate a relay on the onion TURN."""
+    url = server["urls"][0]  # turn:<onion>:<port>?transport=tcp
+    host, _, port = url.removeprefix("turn:").partition("?")[0].rpartition(":")
+    proxy = Proxy.from_url(f"socks5://127.0.0.1:{socks_port}", rdns=True)
+    sock = await proxy.connect(dest_host=host, dest_port=int(port), timeout=60)
+    async with TurnClient(host, int(port), server["username"], server["credential"],
+                          sock=sock, timeout=60) as client:
+        relay_host, relay_port = await client.allocate()
+        assert relay_port > 0 and relay_host
+    bad = await proxy.connect(dest_host=host, dest_port=int(port), timeout=60)
+    with pytest.raises(TurnClientError) as exc:
+        async with TurnClient(host, int(port), server["username"], "d3Jvbmc=", sock=bad,
+                              timeout=60) as client:
+            await client.allocate()
+    assert exc.value.code == 401
 
 
 async def check_onion(m: re.Match, socks_port: int, turn_port_env: str) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import socket
 import ssl as ssl_mod
 import struct
 from collections.abc import Callable
@@ -111,8 +112,11 @@ class TurnClient:
     """
 
     def __init__(self, host: str, port: int, username: str, password: str, *,
-                 ssl: ssl_mod.SSLContext | None = None, timeout: float = 3.0):
+                 ssl: ssl_mod.SSLContext | None = None, timeout: float = 3.0,
+                 sock: socket.socket | None = None):
+        # ``sock``: an already connected stream (e.g. through a SOCKS proxy to an onion)
         self.host, self.port, self.ssl, self.timeout = host, port, ssl, timeout
+        self.sock = sock
         self.username, self.password = username, password
         self.realm: bytes | None = None
         self.nonce: bytes | None = None
@@ -135,8 +139,10 @@ class TurnClient:
 
     async def connect(self) -> None:
         try:
+            where = {"sock": self.sock} if self.sock is not None else {
+                "host": self.host, "port": self.port}
             self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, ssl=self.ssl,
+                asyncio.open_connection(**where, ssl=self.ssl,
                                         server_hostname=self.host if self.ssl else None),
                 self.timeout)
         except (TimeoutError, OSError) as exc:
