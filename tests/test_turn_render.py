@@ -35,7 +35,7 @@ def options(text: str) -> list[str]:
 
 def test_defaults_render_tcp_only_relay_with_rest_auth():
     lines = options(render(cfg(), "s3cret", PATHS))
-    for must in ("listening-ip=127.0.0.1", "listening-port=3478", "relay-ip=127.0.0.1",
+    for must in ("listening-ip=127.0.0.1", "listening-port=3478", "relay-ip=127.0.0.2",
                  "min-port=49152", "max-port=49407", "no-udp", "no-dtls", "no-tls",
                  "no-tcp-relay", "use-auth-secret", "static-auth-secret=s3cret",
                  "realm=incognito-onion", "fingerprint", "no-cli", "no-multicast-peers",
@@ -74,7 +74,7 @@ def test_quota_bandwidth_and_realm_follow_config():
 def test_loopback_relay_allows_only_itself():
     lines = options(render(cfg(), "x", PATHS))
     assert "allow-loopback-peers" in lines  # coturn refuses loopback peers before the allow list
-    assert [ln for ln in lines if ln.startswith("allowed-peer-ip")] == ["allowed-peer-ip=127.0.0.1"]
+    assert [ln for ln in lines if ln.startswith("allowed-peer-ip")] == ["allowed-peer-ip=127.0.0.2"]
     denied = {ln.split("=", 1)[1] for ln in lines if ln.startswith("denied-peer-ip=")}
     for rng in ("127.0.0.0-127.255.255.255", "10.0.0.0-10.255.255.255",
                 "172.16.0.0-172.31.255.255", "192.168.0.0-192.168.255.255",

@@ -55,7 +55,7 @@ async def test_real_turn_client_credentials(coturn):
                                            fresh.password)
     try:
         host, port = transport.get_extra_info("sockname")
-        assert host == "127.0.0.1" and port > 0
+        assert host == coturn.cfg.turn.relay_ip and port > 0
         assert coturn.cfg.turn.min_port <= port <= coturn.cfg.turn.max_port
     finally:
         transport.close()
@@ -94,14 +94,14 @@ async def test_two_allocations_relay_to_each_other(coturn):
                                      cred.password)
     try:
         ra, rb = ta.get_extra_info("sockname"), tb.get_extra_info("sockname")
-        assert ra != rb and ra[0] == rb[0] == "127.0.0.1"
+        assert ra != rb and ra[0] == rb[0] == coturn.cfg.turn.relay_ip
         await exchange(ta, pa, tb, pb)
     finally:
         ta.close()
         tb.close()
 
 
-@pytest.mark.parametrize("peer", ["127.0.0.2", "10.0.0.1", "192.168.1.1", "172.16.0.1",
+@pytest.mark.parametrize("peer", ["127.0.0.1", "127.0.0.3", "10.0.0.1", "192.168.1.1", "172.16.0.1",
                                   "100.64.0.1", "169.254.169.254", "0.0.0.0", "8.8.8.8"])
 async def test_loopback_relay_reaches_nothing_but_itself(coturn, peer):
     cred = issue(coturn.secret, "p", ttl=60)
@@ -150,9 +150,11 @@ async def test_kill_coturn_it_is_back_within_2s(coturn):
     assert back < 2.0
     await coturn.wait_ready(1)
     assert coturn.pid and coturn.pid != old and not _alive(old)
-    kinds = [e.kind for e in coturn.events]
+    # warnings (e.g. another process's UDP socket seen at start) may come in between
+    events = [e for e in coturn.events if e.kind != "warning"]
+    kinds = [e.kind for e in events]
     assert kinds[:3] == ["started", "exited", "restarted"], kinds
-    exited = coturn.events[1]
+    exited = events[1]
     assert exited.returncode == -signal.SIGKILL and "SIGKILL" in exited.message
     assert coturn.restarts == 1
 
@@ -323,11 +325,12 @@ def test_scrub():
 
 async def test_exposed_udp_ports_are_reported(coturn_factory):
     cfg = make_turn_config()
+    relay = cfg.turn.relay_ip
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((relay, 0))
         port = s.getsockname()[1]
-        assert port in exposed_udp_ports("127.0.0.1", cfg.turn.min_port, cfg.turn.max_port)
-        assert port not in exposed_udp_ports("127.0.0.1", port, port)  # inside the relay range
+        assert port in exposed_udp_ports(relay, cfg.turn.min_port, cfg.turn.max_port)
+        assert port not in exposed_udp_ports(relay, port, port)  # inside the relay range
         assert port not in exposed_udp_ports("127.0.0.9", 1, 2)  # bound elsewhere
         sup = await coturn_factory(cfg)
         warnings = [e.message for e in sup.events if e.kind == "warning"]
