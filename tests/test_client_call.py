@@ -295,3 +295,29 @@ async def test_silently_lost_connection_resumes_the_same_peer(turn_server, recor
     await b.page.fill("#chat-input", "still here")
     await b.page.press("#chat-input", "Enter")
     await a.wait("incognito.chat.some((m) => m.text === 'still here')")
+
+
+UFRAG = ("(peer) => { const d = incognito.mesh.links.get(peer).pc.currentLocalDescription;"
+         " return d && d.sdp.match(/a=ice-ufrag:(\\S+)/)[1]; }")
+
+
+async def test_ice_restart_from_both_sides_at_once_renegotiates(turn_server, webchromium):
+    """Both ends restart ICE at the same moment (offer glare): perfect negotiation settles it,
+    both get new ICE credentials and the media goes on."""
+    a = await new_participant(webchromium, turn_server.url, NAMES[0])
+    await a.join()
+    b = await new_participant(webchromium, turn_server.url, NAMES[1])
+    await b.join()
+    await wait_media([a, b], 1, audio=False)
+    ida, idb = await a.self_id(), await b.self_id()
+    before = {"a": await a.js(UFRAG, idb), "b": await b.js(UFRAG, ida)}
+    await asyncio.gather(a.js(f"incognito.mesh.links.get({idb!r}).pc.restartIce()"),
+                         b.js(f"incognito.mesh.links.get({ida!r}).pc.restartIce()"))
+    await a.wait(f"(u) => {{ const f = {UFRAG}; const l = incognito.mesh.links.get({idb!r});"
+                 f" return f({idb!r}) !== u && l.pc.signalingState === 'stable'; }}",
+                 before["a"])
+    await b.wait(f"(u) => {{ const f = {UFRAG}; const l = incognito.mesh.links.get({ida!r});"
+                 f" return f({ida!r}) !== u && l.pc.signalingState === 'stable'; }}",
+                 before["b"])
+    await wait_media([a, b], 1, audio=False)
+    assert await a.js(f"incognito.mesh.links.get({idb!r}).pc.getTransceivers().length") == 2
