@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.support.tornet",
     "tests.support.browsers",
     "tests.support.webclient",
+    "tests.support.onion_up",
 ]
