@@ -7,12 +7,15 @@ malformed event can never raise out of a handler.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .ids import PEER_ID_RE, RESUME_RE, ROOM_ID_RE
 from .rooms import RoomError
 
-# field kinds: "room", "peer", "resume", "opaque", "bool"; a trailing "?" marks optional
+# field kinds: "room", "peer", "resume", "opaque", "bool", "binary" (opaque bytes, the media
+# relay's), "seq" (integer 0..2**53-1), "ms" (a finite number), "stream" ("a" or "v");
+# a trailing "?" marks optional
 EVENTS: dict[str, dict[str, str]] = {
     "create": {"meta": "opaque?"},
     "join": {"room": "room", "meta": "opaque?", "resume": "resume?"},
@@ -24,7 +27,14 @@ EVENTS: dict[str, dict[str, str]] = {
     "lock": {"room": "room", "locked": "bool"},
     "remove": {"room": "room", "peer": "peer"},
     "ice": {"room": "room"},
+    "media/need": {"room": "room", "need": "bool"},
+    "media": {"room": "room", "stream": "stream", "seq": "seq", "key": "bool", "ts": "ms",
+              "data": "binary"},
+    "media/keyframe": {"room": "room", "to": "peer", "stream": "stream"},
 }
+
+MAX_SEQ = 2**53 - 1
+STREAMS = ("a", "v")
 
 _PATTERNS = {"room": ROOM_ID_RE, "peer": PEER_ID_RE, "resume": RESUME_RE}
 
@@ -38,8 +48,10 @@ def utf8_len_over(text: str, limit: int) -> bool:
     return len(text.encode("utf-8", "surrogatepass")) > limit
 
 
-def parse(event: Any, args: tuple[Any, ...], max_bytes: int) -> tuple[str, dict[str, Any]]:
-    """Check one client event; returns ``(event, fields)`` or raises :class:`RoomError`."""
+def parse(event: Any, args: tuple[Any, ...], max_bytes: int,
+          max_binary: int = 262144) -> tuple[str, dict[str, Any]]:
+    """Check one client event; returns ``(event, fields)`` or raises :class:`RoomError`.
+    ``max_bytes`` bounds text fields, ``max_binary`` binary ones."""
     if not isinstance(event, str) or event not in EVENTS:
         raise RoomError("unknown_event", "unknown event")
     if len(args) > 1:
@@ -61,6 +73,22 @@ def parse(event: Any, args: tuple[Any, ...], max_bytes: int) -> tuple[str, dict[
         if kind == "bool":
             if not isinstance(value, bool):
                 raise RoomError("bad_request", f"'{name}' must be true or false")
+        elif kind == "binary":
+            if not isinstance(value, (bytes, bytearray)):
+                raise RoomError("bad_request", f"'{name}' must be binary")
+            if len(value) > max_binary:
+                raise RoomError("payload_too_large",
+                                f"'{name}' is over the limit of {max_binary} bytes")
+            value = bytes(value)
+        elif kind == "seq":
+            if type(value) is not int or not 0 <= value <= MAX_SEQ:
+                raise RoomError("bad_request", f"'{name}' must be a whole number from 0")
+        elif kind == "ms":
+            if type(value) not in (int, float) or not math.isfinite(value):
+                raise RoomError("bad_request", f"'{name}' must be a number")
+        elif kind == "stream":
+            if value not in STREAMS:
+                raise RoomError("bad_request", f"'{name}' must be \"a\" or \"v\"")
         elif not isinstance(value, str):
             raise RoomError("bad_request", f"'{name}' must be a string")
         elif kind == "opaque":

@@ -3,6 +3,7 @@ into emits. A blind relay: payloads are routed, never read, never logged."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import socketio
 
 from .config import Config
 from .limits import Throttle, TokenBucket
+from .media_relay import Chunk, RoomRelay, StreamKey
 from .protocol import parse
 from .rooms import Departure, Registry, Room, RoomError
 
@@ -94,14 +96,16 @@ class Signaling:
         self.max_bytes: int = cfg.limits.max_payload_bytes
         self.media = {"uploadKbps": cfg.media.upload_kbps,
                       "minVideoKbps": cfg.media.min_video_kbps}
+        self.max_chunk: int = cfg.media.relay_max_chunk_bytes
+        self.relays: dict[str, RoomRelay] = {}  # room id -> media relay state (onion relay)
         self.conns: dict[str, _Conn] = {}
         self.sio = GuardedServer(
             async_mode="aiohttp",
             ping_interval=cfg.server.ping_interval,
             ping_timeout=cfg.server.ping_timeout,
-            # a whole packet may carry a few opaque fields; anything bigger is cut off by
-            # engine.io before it is parsed
-            max_http_buffer_size=2 * self.max_bytes + 16 * 1024,
+            # a whole packet may carry a few opaque fields (or one media chunk); anything
+            # bigger is cut off by engine.io before it is parsed
+            max_http_buffer_size=max(2 * self.max_bytes, self.max_chunk) + 16 * 1024,
             # our own loggers: the library's default ones add a handler that bypasses
             # the redacting filter
             logger=logging.getLogger("incognito_onion.socketio"),
@@ -122,6 +126,9 @@ class Signaling:
             "lock": self._lock,
             "remove": self._remove,
             "ice": self._ice,
+            "media/need": self._media_need,
+            "media": self._media,
+            "media/keyframe": self._media_keyframe,
         }
 
     # -- connection life -----------------------------------------------------------------------
@@ -160,7 +167,7 @@ class Signaling:
                     await self.sio.emit("error", err, to=sid)
                 return {"ok": False, "error": {"code": "rate_limited", "event": name,
                                                "message": "too many events; slow down"}}
-            event, fields = parse(event, args, self.max_bytes)
+            event, fields = parse(event, args, self.max_bytes, self.max_chunk)
             reply = await self._handlers[event](sid, event, fields)
             return {"ok": True, **reply}
         except RoomError as exc:
@@ -190,6 +197,7 @@ class Signaling:
             "peers": [{"peer": p.id, "meta": p.meta} for p in room.others(peer_id)],
             **self._ice_for(sid, peer_id),
             "media": self.media,
+            "mediaRelay": self._relay_receivers(room.id),
         }
 
     async def _create(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
@@ -203,6 +211,10 @@ class Signaling:
         room, peer = joined.room, joined.peer
         if joined.replaced_sid is not None:
             await self.sio.leave_room(joined.replaced_sid, room.id)
+            relay = self.relays.get(room.id)
+            q = relay.receivers.get(peer.id) if relay else None
+            if q is not None:  # acks owed by the old connection will never come
+                q.reset_flight()
         await self.sio.enter_room(sid, room.id)
         await self.sio.emit("joined", {"room": room.id, "peer": peer.id, "meta": peer.meta,
                                        "resumed": joined.resumed},
@@ -253,6 +265,12 @@ class Signaling:
 
     async def _announce_departure(self, dep: Departure) -> None:
         rid = dep.room.id
+        relay = self.relays.get(rid)
+        was_receiver = relay.remove_peer(dep.peer.id) if relay else False
+        if relay is not None and (dep.room_closed or not relay.receivers):
+            del self.relays[rid]
+        if was_receiver and not dep.room_closed:
+            await self._announce_receivers(rid)
         if dep.room_closed:
             log.info("room closed (%d open)", len(self.registry))
             return
@@ -260,3 +278,94 @@ class Signaling:
                             room=rid)
         if dep.new_host is not None:
             await self.sio.emit("host", {"room": rid, "peer": dep.new_host}, room=rid)
+
+    # -- media relay (docs/protocol.md "Media relay") ------------------------------------------
+    def _relay_receivers(self, room_id: str) -> list[str]:
+        relay = self.relays.get(room_id)
+        return list(relay.receivers) if relay else []
+
+    async def _announce_receivers(self, room_id: str) -> None:
+        await self.sio.emit("media/receivers", {"room": room_id,
+                                                "peers": self._relay_receivers(room_id)},
+                            room=room_id)
+
+    async def _media_need(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
+        room, peer = self.registry.member(f["room"], sid)
+        m = self.cfg.media
+        relay = self.relays.get(room.id)
+        if f["need"]:
+            if relay is None:
+                relay = self.relays[room.id] = RoomRelay(
+                    room_kbps=m.relay_room_kbps, max_chunks=m.relay_queue_chunks,
+                    max_delay=m.relay_max_delay_ms / 1000, window=m.relay_window)
+            changed = peer.id not in relay.receivers
+            relay.add_receiver(peer.id).reset_flight()
+        else:
+            changed = relay is not None and relay.remove_peer(peer.id)
+            if relay is not None and not relay.receivers:
+                del self.relays[room.id]
+        if changed:
+            log.debug("media relay receivers changed (%d)", len(self._relay_receivers(room.id)))
+            await self._announce_receivers(room.id)
+        return {"receivers": self._relay_receivers(room.id)}
+
+    async def _media(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
+        room, peer = self.registry.member(f["room"], sid)
+        relay = self.relays.get(room.id)
+        if relay is None:
+            return {"relayed": 0}
+        routed = relay.route(Chunk(peer.id, f["stream"], f["seq"], f["key"], f["ts"],
+                                   f["data"]))
+        await self._ask_keys(room, routed.key_requests)
+        for target in routed.receivers:
+            await self._drain(room, relay, target)
+        return {"relayed": 0 if routed.capped else len(routed.receivers)}
+
+    async def _media_keyframe(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
+        room, peer = self.registry.member(f["room"], sid)
+        target = self.registry.target(room, f["to"])
+        relay = self.relays.get(room.id)
+        if relay is not None and relay.want_key((target.id, f["stream"])):
+            await self.sio.emit("media/keyframe", {"room": room.id, "from": peer.id,
+                                                   "stream": f["stream"]}, to=target.sid)
+        return {}
+
+    async def _ask_keys(self, room: Room, wanted: set[StreamKey]) -> None:
+        for sender, stream in wanted:
+            p = room.peers.get(sender)
+            if p is not None:
+                await self.sio.emit("media/keyframe", {"room": room.id, "from": None,
+                                                       "stream": stream}, to=p.sid)
+
+    async def _drain(self, room: Room, relay: RoomRelay, target: str) -> None:
+        """Sends what the receiver's window allows; acks call this again."""
+        q = relay.receivers.get(target)
+        peer = room.peers.get(target)
+        if q is None or peer is None or q.draining:
+            return
+        q.draining = True
+        try:
+            while True:
+                chunk, broke = relay.pop(target)
+                await self._ask_keys(room, broke)
+                if chunk is None:
+                    return
+                payload = {"room": room.id, "from": chunk.sender, "stream": chunk.stream,
+                           "seq": chunk.seq, "key": chunk.key, "ts": chunk.ts,
+                           "data": chunk.data}
+                await self.sio.emit("media", payload, to=peer.sid,
+                                    callback=functools.partial(self._media_acked, room.id,
+                                                               target, q))
+        except Exception:
+            log.exception("error while relaying media")
+        finally:
+            q.draining = False
+
+    async def _media_acked(self, room_id: str, target: str, q: Any, *_: Any) -> None:
+        relay = self.relays.get(room_id)
+        if relay is None or relay.receivers.get(target) is not q:
+            return
+        q.acked()
+        room = self.registry.rooms.get(room_id)
+        if room is not None:
+            await self._drain(room, relay, target)
