@@ -8,6 +8,7 @@ import { assess, detect, explainMediaError, explainNoCandidates } from './capabi
 import { generateRoomKey, KeyError, parseRoomKey } from './crypto.js';
 import { Mesh } from './mesh.js';
 import { drawQr } from './qr.js';
+import { canFeedRelay, canPlayRelay, RelayPlayer, RelaySender } from './relay.js';
 import { Signaling, SignalingError } from './signaling.js';
 import { $, avatarFor, clearNotice, el, setNotice, showScreen } from './ui.js';
 
@@ -20,7 +21,8 @@ const MAX_CHAT = 2000;
  *   tile: HTMLElement, video: HTMLVideoElement, audio: HTMLAudioElement,
  *   stream: MediaStream | null,
  *   analyser: AnalyserNode | null, source: MediaStreamAudioSourceNode | null,
- *   chatOnly?: boolean }} PeerView
+ *   chatOnly?: boolean, relay?: RelayPlayer | null, relayReceiver?: boolean,
+ *   path?: string }} PeerView
  */
 
 /** CSP violations seen by this page (there should be none; tests read this). */
@@ -60,6 +62,10 @@ const state = {
   /** chat messages kept for tests and for re-rendering */
   /** @type {{from: string, name: string, text: string, mine: boolean}[]} */ chat: [],
   csp: cspViolations,
+  /** onion media relay: we receive through it (no WebRTC here) / we feed it */
+  relayIn: false,
+  /** @type {RelaySender | null} */ relaySender: null,
+  relayTimer: /** @type {ReturnType<typeof setInterval> | null} */ (null),
 };
 
 // For tests and for curious people: the page's live state (no secrets beyond what the URL has).
@@ -68,7 +74,9 @@ Object.defineProperty(globalThis, 'incognito', { value: state, configurable: tru
 /* ------------------------------------------------------------------ boot */
 
 function boot() {
-  state.verdict = assess(state.caps);
+  const playRelay = canPlayRelay(globalThis);
+  state.verdict = assess({ ...state.caps, mediaSource: playRelay,
+    mediaRecorder: state.caps.mediaRecorder && canFeedRelay(globalThis) });
   const m = ROOM_PATH.exec(location.pathname);
   if (state.verdict.level === 'none') {
     fatal(state.verdict.headline, state.verdict.lines);
@@ -153,6 +161,12 @@ function makeSignaling() {
     endCall('failed', d.message);
   });
   sig.addEventListener('ice', (e) => state.mesh?.setIce(/** @type {CustomEvent} */ (e).detail));
+  sig.addEventListener('relay-receivers', (e) => onRelayReceivers(/** @type {CustomEvent} */ (e).detail));
+  sig.addEventListener('media', (e) => onRelayMedia(/** @type {CustomEvent} */ (e).detail));
+  sig.addEventListener('keyframe', (e) => {
+    const d = /** @type {CustomEvent} */ (e).detail;
+    state.relaySender?.restart(d.stream);
+  });
   sig.addEventListener('server-error', (e) => {
     const d = /** @type {CustomEvent} */ (e).detail;
     if (d.code === 'rate_limited') setNotice('rate', 'info', 'Slow down: the server dropped some messages.', 5000);
@@ -199,7 +213,7 @@ function showPrejoin() {
     ? 'Your new room is ready. Join, then invite people with its link.'
     : 'You are about to join a private, end-to-end encrypted room.';
   const joinBtn = /** @type {HTMLButtonElement} */ ($('#join'));
-  joinBtn.textContent = state.verdict.canCall ? 'Join' : 'Join the chat';
+  joinBtn.textContent = state.verdict.canCall || state.verdict.canWatch ? 'Join' : 'Join the chat';
   joinBtn.onclick = () => join();
   nameInput.onkeydown = (e) => { if (e.key === 'Enter') join(); };
   const preMic = $('#pre-mic');
@@ -261,6 +275,7 @@ async function startMic() {
   state.audio = track;
   track.enabled = state.micOn;
   if (state.mesh) await state.mesh.setLocal({ audio: track });
+  relayTracks();
   if (state.selfView) attachSelf();
 }
 
@@ -275,6 +290,7 @@ async function startCamera() {
   state.camera?.stop();
   state.camera = track;
   if (state.mesh && !state.screen) await state.mesh.setLocal({ video: track });
+  relayTracks();
   attachPreview();
   if (state.selfView) attachSelf();
 }
@@ -283,6 +299,7 @@ function stopCamera() {
   state.camera?.stop();
   state.camera = null;
   if (state.mesh && !state.screen) state.mesh.setLocal({ video: null });
+  relayTracks();
   attachPreview();
   if (state.selfView) attachSelf();
 }
@@ -397,7 +414,7 @@ async function join() {
     err.textContent = e instanceof SignalingError ? e.message : `Could not join: ${e}`;
     err.hidden = false;
     btn.disabled = false;
-    btn.textContent = state.verdict.canCall ? 'Join' : 'Join the chat';
+    btn.textContent = state.verdict.canCall || state.verdict.canWatch ? 'Join' : 'Join the chat';
     if (state.sig && !state.sig.active) { state.sig.socket.disconnect(); state.sig = null; }
   }
 }
@@ -433,6 +450,21 @@ function enterCall() {
       }));
     });
   }
+  if (state.verdict.canSend && canFeedRelay(globalThis)) {
+    state.relaySender = new RelaySender({
+      sink: (stream, seq, key, ts, data) => sig.sendMedia(stream, seq, key, ts, data),
+      congested: () => socketCongested(),
+      videoBps: Math.min(600_000, sig.media.uploadKbps * 1000 / 2),
+      log: (...a) => console.debug('[relay]', ...a),
+    });
+    relayTracks();
+  }
+  if (!state.verdict.canCall && state.verdict.canWatch) {
+    state.relayIn = true;
+    sig.setNeedRelay(true).catch((e) => setNotice('relay', 'bad', `The onion relay is not available: ${e.message}`));
+  }
+  onRelayReceivers({ peers: [...sig.relayReceivers], added: [...sig.relayReceivers] });
+  state.relayTimer = setInterval(renderPaths, 1000);
   state.selfView = makeTile('self', state.name || 'You', true);
   renderCount();
   attachSelf();
@@ -447,7 +479,7 @@ function enterCall() {
   state.speakTimer = setInterval(updateSpeaking, 150);
   if (!state.verdict.canCall) {
     setNotice('caps', 'info', `${state.verdict.headline}. ${state.verdict.lines[0] || ''}`);
-    openChat(true);
+    if (!state.verdict.canWatch) openChat(true);
   }
   if (sig.peers.size === 0) {
     setNotice('alone', 'info', 'You are the only one here. Invite people with the link.', 0,
@@ -462,7 +494,7 @@ function announceState() {
   sig.broadcast({ type: 'state', name: state.name, muted: !state.micOn,
     camOff: (!state.camera && !state.screen) || !!state.mesh?.budget?.videoPaused,
     sharing: !!state.screen,
-    webrtc: state.verdict.canCall }).catch(() => {});
+    webrtc: state.verdict.canCall, relay: state.relayIn }).catch(() => {});
 }
 
 /* ------------------------------------------------------------------ signaling events */
@@ -525,9 +557,10 @@ function onMessage(d) {
     p.camOff = !!b.camOff;
     p.sharing = !!b.sharing;
     if (b.webrtc === false) {
-      p.chatOnly = true;
-      p.muted = true;
-      p.camOff = true;
+      // no WebRTC there: media goes through the onion relay if they can play it, else chat only
+      p.chatOnly = !b.relay;
+      p.relayReceiver = !!b.relay;
+      if (!p.relay) { p.muted = true; p.camOff = true; }
       state.mesh?.exclude(d.from);
     }
     renderPeer(p);
@@ -624,6 +657,8 @@ function removePeer(id) {
   state.mesh?.removePeer(id);
   if (!p) return;
   p.source?.disconnect();
+  p.relay?.close();
+  p.relay = null;
   p.video.srcObject = null;
   p.audio.srcObject = null;
   p.tile.remove();
@@ -676,9 +711,10 @@ function renderPeer(p) {
   t.classList.toggle('sharing', p.sharing && p.id !== 'self');
   const av = /** @type {HTMLElement} */ (t.querySelector('.avatar'));
   // without WebRTC here, nobody's video can show: show everyone as a picture of initials
-  const noVideo = p.camOff || (!state.verdict.canCall && p.id !== 'self');
+  const relayVideo = !!p.relay && p.relay.tracks.v.appended > 0;
+  const noVideo = p.camOff || (!state.verdict.canCall && p.id !== 'self' && !relayVideo);
   av.hidden = !noVideo;
-  /** @type {HTMLElement} */ (t.querySelector('.quality')).hidden = p.id === 'self' || !state.verdict.canCall || !!p.chatOnly;
+  /** @type {HTMLElement} */ (t.querySelector('.quality')).hidden = p.id === 'self' || !state.verdict.canCall || !!p.chatOnly || !!p.relayReceiver;
   setAvatar(av, p.name);
   t.dataset.muted = String(p.muted);
   t.dataset.camOff = String(p.camOff);
@@ -721,6 +757,7 @@ async function updateQuality() {
       if (q.rttMs !== null) parts.push(`round trip ${q.rttMs} ms`);
       if (q.lossPct !== null) parts.push(`loss ${q.lossPct.toFixed(1)} %`);
       if (q.relay) parts.push(`via ${q.relay}`);
+      if (q.relay) p.tile.dataset.route = q.relay;
       el2.title = parts.join(' · ');
     } catch { /* link closing */ }
   }
@@ -832,6 +869,7 @@ async function toggleScreen() {
     state.screen = track;
     track.onended = () => stopScreen();
     await state.mesh?.setLocal({ video: track, screen: true });
+    relayTracks();
     btn.setAttribute('aria-pressed', 'true');
     attachSelf();
     state.sig?.shareScreen(true).catch(() => {});
@@ -847,6 +885,7 @@ function stopScreen() {
   state.screen.stop();
   state.screen = null;
   state.mesh?.setLocal({ video: state.camera, screen: false });
+  relayTracks();
   $('#btn-screen').setAttribute('aria-pressed', 'false');
   attachSelf();
   state.sig?.shareScreen(false).catch(() => {});
@@ -938,6 +977,9 @@ async function endCall(why, text) {
   state.inCall = false;
   if (state.statsTimer) clearInterval(state.statsTimer);
   if (state.speakTimer) clearInterval(state.speakTimer);
+  if (state.relayTimer) clearInterval(state.relayTimer);
+  state.relaySender?.stop();
+  state.relaySender = null;
   state.mesh?.closeAll();
   state.mesh = null;
   for (const id of [...state.peers.keys()]) removePeer(id);
@@ -957,6 +999,112 @@ async function endCall(why, text) {
   showScreen('ended');
   $('#rejoin').onclick = () => location.reload();
   $('#new-room').onclick = () => { location.href = '/'; };
+}
+
+/* ------------------------------------------------------------------ onion media relay */
+
+/** Our current tracks, to the relay sender. */
+function relayTracks() {
+  state.relaySender?.setTracks({ audio: state.audio, video: state.screen || state.camera });
+}
+
+/** The socket has a backlog: the relay sender drops video rather than build latency. */
+function socketCongested() {
+  const engine = state.socket?.io?.engine;
+  if (!engine) return false;
+  const ws = engine.transport && engine.transport.ws;
+  const buffered = ws && typeof ws.bufferedAmount === 'number' ? ws.bufferedAmount : 0;
+  return (engine.writeBuffer ? engine.writeBuffer.length : 0) > 8 || buffered > 256 * 1024;
+}
+
+/** @param {{peers: string[], added: string[]}} d */
+function onRelayReceivers(d) {
+  const sig = state.sig;
+  const sender = state.relaySender;
+  if (!sig) return;
+  for (const p of state.peers.values()) {
+    const was = !!p.relayReceiver;
+    p.relayReceiver = sig.relayReceivers.has(p.id);
+    if (was !== p.relayReceiver) renderPeer(p);
+  }
+  if (!sender || !state.inCall) return;
+  const others = d.peers.filter((id) => id !== sig.self);
+  if (others.length === 0) {
+    sender.stop();
+  } else if (!sender.running) {
+    sender.start();
+  } else if (d.added.some((id) => id !== sig.self)) {
+    // someone new needs a fresh init segment and a key frame
+    sender.restart();
+  }
+  renderPaths();
+}
+
+/** @param {{from: string, stream: string, seq: number, key: boolean, ts: number, data: Uint8Array}} d */
+function onRelayMedia(d) {
+  const p = state.peers.get(d.from);
+  if (!p || !state.inCall) return;
+  if (!p.relay) {
+    const sig = state.sig;
+    p.relay = new RelayPlayer({
+      video: p.video, audio: p.audio,
+      askKey: (stream) => sig?.askKeyframe(d.from, stream),
+      log: (...a) => console.debug('[relay]', ...a),
+    });
+    p.camOff = false;
+    p.stream = null;
+    p.analyser = null;
+    renderPeer(p);
+    renderPaths();
+  }
+  const before = p.relay.tracks.v.appended;
+  p.relay.push(d.stream, d.seq, d.key, d.ts, d.data);
+  if (before === 0 && p.relay.tracks.v.appended > 0) renderPeer(p);
+}
+
+/**
+ * Which path media takes between us and a peer, and why, in plain words.
+ * @param {PeerView} p
+ * @returns {{path: string, label: string, why: string}}
+ */
+function pathOf(p) {
+  if (p.chatOnly) {
+    return { path: 'none', label: 'chat only',
+      why: 'Their browser can neither make calls (no WebRTC) nor play relayed media: text chat only.' };
+  }
+  if (state.relayIn) {
+    return { path: 'onion', label: 'onion relay',
+      why: 'Your browser has no WebRTC, so their video and sound reach you through the room\'s '
+        + 'server over this page\'s own connection (the onion), end-to-end encrypted.' };
+  }
+  if (p.relayReceiver) {
+    return { path: 'onion', label: 'onion relay',
+      why: 'Their browser has no WebRTC (e.g. Tor Browser), so your video and sound reach them '
+        + 'through the room\'s server over its own connection (the onion), end-to-end encrypted.' };
+  }
+  const q = p.tile.dataset.route || '';
+  if (q.startsWith('relay')) {
+    return { path: 'turn', label: 'TURN relay',
+      why: 'Your browsers talk through the server\'s TURN relay over TCP, so neither learns the '
+        + 'other\'s address. Media is end-to-end encrypted (WebRTC, keys checked with the room key).' };
+  }
+  if (q) {
+    return { path: 'direct', label: 'direct',
+      why: 'Your browsers send media straight to each other (WebRTC, end-to-end encrypted).' };
+  }
+  return { path: 'pending', label: 'connecting', why: 'Finding a path for media…' };
+}
+
+function renderPaths() {
+  for (const p of state.peers.values()) {
+    const el2 = /** @type {HTMLElement | null} */ (p.tile.querySelector('.path'));
+    if (!el2) continue;
+    const r = pathOf(p);
+    p.path = r.path;
+    el2.textContent = r.label;
+    el2.title = r.why;
+    el2.dataset.path = r.path;
+  }
 }
 
 boot();

@@ -55,6 +55,7 @@ export function detect(g) {
  * @typedef {{
  *   level: 'full' | 'limited' | 'none',
  *   canCall: boolean,
+ *   canWatch: boolean,
  *   canSend: boolean,
  *   headline: string,
  *   lines: string[],
@@ -74,36 +75,48 @@ export function assess(c) {
       + 'encrypt or open messages. Open the room through its .onion address in Tor Browser, or '
       + 'through an https address (or 127.0.0.1 on the same computer).');
     return {
-      level: 'none', canCall: false, canSend: false,
+      level: 'none', canCall: false, canWatch: false, canSend: false,
       headline: 'This page cannot encrypt here',
       lines,
     };
   }
   if (!c.webSocket) {
     lines.push('This browser cannot keep a live connection to the server (WebSocket is off).');
-    return { level: 'none', canCall: false, canSend: false,
+    return { level: 'none', canCall: false, canWatch: false, canSend: false,
       headline: 'This browser cannot connect to the room', lines };
   }
   if (!c.peerConnection) {
+    // no WebRTC: media can still come (and go) through the room's onion relay, over this page's
+    // own connection, end-to-end encrypted (MediaSource to play, MediaRecorder to send)
+    const canWatch = c.mediaSource;
+    const canSend = canWatch && c.getUserMedia && c.mediaRecorder;
     if (c.torLike) {
       lines.push('You are probably using Tor Browser. It has WebRTC (the browser\'s calling '
-        + 'technology) switched off for good, and no setting brings it back, so it cannot '
-        + 'take part in video calls here.');
+        + 'technology) switched off for good, and no setting brings it back.');
     } else {
       lines.push('This browser has WebRTC (the browser\'s calling technology) switched off.');
     }
-    lines.push('You can still read and write in the encrypted chat of this room.');
-    lines.push('To see, hear and be seen: open this same link (with everything after the #) in '
+    if (canWatch) {
+      lines.push('You will still see and hear the others: their video and sound reach you '
+        + 'through the room\'s onion relay, over this page\'s own connection, end-to-end '
+        + 'encrypted. It may lag a little behind a direct call.');
+      lines.push(canSend
+        ? 'Your camera and microphone are sent the same way.'
+        : 'The others will not see or hear you: this browser does not let the page use a camera '
+          + 'or microphone. You can write in the encrypted chat.');
+    } else {
+      lines.push('You can still read and write in the encrypted chat of this room.');
+    }
+    lines.push('For a direct call: open this same link (with everything after the #) in '
       + 'Mullvad Browser, Firefox or Chromium / Brave. Behind Tor, Firefox and Mullvad Browser '
       + 'need one setting in about:config: media.peerconnection.ice.proxy_only_if_behind_proxy '
       + '= false (media still goes only through the room\'s relay, over Tor).');
-    if (c.mediaSource) {
-      lines.push('(This browser could play media through the page itself; this room does not '
-        + 'offer that path yet.)');
-    }
     return {
-      level: 'limited', canCall: false, canSend: false,
-      headline: c.torLike ? 'Tor Browser cannot join video calls' : 'Video calls are off in this browser',
+      level: 'limited', canCall: false, canWatch, canSend,
+      headline: canWatch
+        ? (c.torLike ? 'Tor Browser: you watch and chat through the onion relay'
+          : 'No WebRTC here: media comes through the onion relay')
+        : (c.torLike ? 'Tor Browser cannot join video calls' : 'Video calls are off in this browser'),
       lines,
     };
   }
@@ -111,14 +124,14 @@ export function assess(c) {
     lines.push('This browser does not let the page use a camera or microphone (it may be '
       + 'switched off in its settings, e.g. media.navigator.enabled in Firefox). You can join, '
       + 'see and hear the others and chat, but they will not see or hear you.');
-    return { level: 'limited', canCall: true, canSend: false,
+    return { level: 'limited', canCall: true, canWatch: true, canSend: false,
       headline: 'You can watch and chat, but not send video or sound', lines };
   }
   if (!c.getDisplayMedia) {
     lines.push('Screen sharing is not available in this browser.');
   }
   return {
-    level: 'full', canCall: true, canSend: true,
+    level: 'full', canCall: true, canWatch: true, canSend: true,
     headline: 'Ready for an end-to-end encrypted call',
     lines,
   };

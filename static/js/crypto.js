@@ -250,3 +250,111 @@ export class ReplayWindow {
     return true;
   }
 }
+
+/* ---------------------------------------------------------------- onion media relay */
+
+/**
+ * The associated data of one media chunk (docs/protocol.md "Media relay").
+ * @param {string} room
+ * @param {string} from
+ * @param {string} stream
+ * @param {number} seq
+ * @param {boolean} key
+ * @param {number} ts
+ */
+export function mediaAssociatedData(room, from, stream, seq, key, ts) {
+  return te.encode(JSON.stringify([`incognito-onion/${VERSION}`, room, 'media', from, stream, seq,
+    key, ts]));
+}
+
+/**
+ * The nonce of one media chunk: stream byte | 3 zero bytes | seq (64-bit big-endian). Unique
+ * for one sender key, because seq only grows and a peer id (in the key) is new for every join.
+ * @param {string} stream 'a' or 'v'
+ * @param {number} seq
+ */
+export function mediaNonce(stream, seq) {
+  const n = new Uint8Array(NONCE_BYTES);
+  n[0] = stream.charCodeAt(0);
+  new DataView(n.buffer).setBigUint64(4, BigInt(seq));
+  return n;
+}
+
+/**
+ * Seals and opens media chunks. Each sender has its own key:
+ * HKDF-SHA-256(room key, salt "incognito-onion/1 media <room>", info "media <peer id>").
+ */
+export class MediaCipher {
+  /**
+   * @param {Uint8Array} keyBytes
+   * @param {string} room
+   */
+  constructor(keyBytes, room) {
+    this.keyBytes = keyBytes;
+    this.room = room;
+    /** @type {Map<string, Promise<CryptoKey>>} */
+    this.keys = new Map();
+  }
+
+  /** @param {string} peer */
+  keyFor(peer) {
+    let k = this.keys.get(peer);
+    if (!k) {
+      const subtle = webcrypto().subtle;
+      k = subtle.importKey('raw', /** @type {BufferSource} */ (this.keyBytes), 'HKDF', false,
+        ['deriveKey']).then((ikm) => subtle.deriveKey(
+        {
+          name: 'HKDF',
+          hash: 'SHA-256',
+          salt: te.encode(`incognito-onion/${VERSION} media ${this.room}`),
+          info: te.encode(`media ${peer}`),
+        },
+        ikm, { name: 'AES-GCM', length: 256 }, false, ['encrypt', 'decrypt']));
+      this.keys.set(peer, k);
+    }
+    return k;
+  }
+
+  /**
+   * @param {string} from
+   * @param {string} stream
+   * @param {number} seq
+   * @param {boolean} key
+   * @param {number} ts
+   * @param {Uint8Array} data
+   * @returns {Promise<Uint8Array>}
+   */
+  async seal(from, stream, seq, key, ts, data) {
+    const ct = await webcrypto().subtle.encrypt(
+      { name: 'AES-GCM', iv: mediaNonce(stream, seq),
+        additionalData: mediaAssociatedData(this.room, from, stream, seq, key, ts) },
+      await this.keyFor(from), /** @type {BufferSource} */ (data));
+    return new Uint8Array(ct);
+  }
+
+  /**
+   * @param {string} from
+   * @param {string} stream
+   * @param {number} seq
+   * @param {boolean} key
+   * @param {number} ts
+   * @param {unknown} data what the server relayed
+   * @returns {Promise<Uint8Array>}
+   * @throws {DecryptError}
+   */
+  async open(from, stream, seq, key, ts, data) {
+    /** @type {Uint8Array} */
+    let bytes;
+    if (data instanceof ArrayBuffer) bytes = new Uint8Array(data);
+    else if (ArrayBuffer.isView(data)) bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    else throw new DecryptError('not binary');
+    try {
+      return new Uint8Array(await webcrypto().subtle.decrypt(
+        { name: 'AES-GCM', iv: mediaNonce(stream, seq),
+          additionalData: mediaAssociatedData(this.room, from, stream, seq, key, ts) },
+        await this.keyFor(from), /** @type {BufferSource} */ (bytes)));
+    } catch {
+      throw new DecryptError('media does not decrypt with this room key');
+    }
+  }
+}

@@ -18,9 +18,12 @@
  * - `undecryptable` {from, channel, count, senders}   something failed to decrypt (dropped)
  * - `server-error`  {code, message, event}
  * - `ice`      {iceServers, iceTransportPolicy, iceExpires}   fresh TURN credentials
+ * - `relay-receivers` {peers}        who receives media through the onion relay
+ * - `media`    {from, stream, seq, key, ts, data}   a decrypted relayed media chunk
+ * - `keyframe` {from, stream}        start a new recording of `stream` (a receiver or the server asks)
  */
 
-import { DecryptError, ReplayWindow, RoomCipher } from './crypto.js';
+import { DecryptError, MediaCipher, ReplayWindow, RoomCipher } from './crypto.js';
 
 /**
  * The part of a socket.io client socket used here.
@@ -113,6 +116,13 @@ export class Signaling extends EventTarget {
     /** rejoins after a reconnect, and how many of them took the old peer over (resume) */
     this.rejoins = 0;
     this.resumes = 0;
+    /** onion media relay: who receives through it, and our own wish to */
+    /** @type {Set<string>} */
+    this.relayReceivers = new Set();
+    this.needRelay = false;
+    /** @type {MediaCipher | null} */
+    this.mediaCipher = null;
+    this.mediaStats = { received: 0, undecryptable: 0, sent: 0, sentBytes: 0, receivedBytes: 0 };
     this._wire();
   }
 
@@ -166,6 +176,19 @@ export class Signaling extends EventTarget {
     s.on('connection/shareScreen', (/** @type {any} */ p) => this._onSealed('screen', p, '*', true));
     s.on('connection/unshareScreen',
       (/** @type {any} */ p) => this._onSealed('screen', p, '*', false));
+    s.on('media/receivers', (/** @type {any} */ p) => {
+      if (!this._mine(p) || !Array.isArray(p.peers)) return;
+      this._setReceivers(p.peers);
+    });
+    s.on('media', (/** @type {any} */ p, /** @type {any} */ ack) => {
+      // acknowledge at once: the server sends more only as chunks are acknowledged
+      if (typeof ack === 'function') ack();
+      this._onMedia(p);
+    });
+    s.on('media/keyframe', (/** @type {any} */ p) => {
+      if (!this._mine(p) || (p.stream !== 'a' && p.stream !== 'v')) return;
+      this._fire('keyframe', { from: p.from, stream: p.stream });
+    });
     s.on('error', (/** @type {any} */ e) => {
       if (e && typeof e === 'object' && typeof e.code === 'string') this._fire('server-error', e);
     });
@@ -294,6 +317,9 @@ export class Signaling extends EventTarget {
     this.locked = !!ack.locked;
     this.capacity = ack.capacity;
     if (ack.media && typeof ack.media.uploadKbps === 'number') this.media = ack.media;
+    if (!this.mediaCipher || this.mediaCipher.room !== ack.room) {
+      this.mediaCipher = new MediaCipher(this.keyBytes, ack.room);
+    }
     this._setIce(ack);
     this.active = true;
     this.peers.clear();
@@ -309,6 +335,81 @@ export class Signaling extends EventTarget {
       room: this.room, self: this.self, host: this.host, locked: this.locked,
       capacity: this.capacity, peers, resumed,
     });
+    if (this.needRelay) {
+      this.request('media/need', { room: this.room, need: true })
+        .then((a) => this._setReceivers(a.receivers)).catch(() => {});
+    } else {
+      this._setReceivers(Array.isArray(ack.mediaRelay) ? ack.mediaRelay : []);
+    }
+  }
+
+  /** @param {unknown[]} peers */
+  _setReceivers(peers) {
+    const next = new Set(peers.filter((p) => typeof p === 'string').map((p) => String(p)));
+    const same = next.size === this.relayReceivers.size
+      && [...next].every((p) => this.relayReceivers.has(p));
+    if (same) return;
+    const added = [...next].filter((p) => !this.relayReceivers.has(p));
+    this.relayReceivers = next;
+    this._fire('relay-receivers', { peers: [...next], added });
+  }
+
+  /**
+   * Announces that this browser receives media through the onion relay (no WebRTC here).
+   * @param {boolean} need
+   */
+  async setNeedRelay(need) {
+    this.needRelay = need;
+    if (!this.active || !this.room) return;
+    const ack = await this.request('media/need', { room: this.room, need });
+    this._setReceivers(ack.receivers);
+  }
+
+  /** @param {any} p */
+  async _onMedia(p) {
+    if (!this._mine(p) || typeof p.from !== 'string' || !this.mediaCipher) return;
+    if ((p.stream !== 'a' && p.stream !== 'v') || typeof p.seq !== 'number'
+      || typeof p.key !== 'boolean' || typeof p.ts !== 'number') return;
+    let data;
+    try {
+      data = await this.mediaCipher.open(p.from, p.stream, p.seq, p.key, p.ts, p.data);
+    } catch {
+      this.mediaStats.undecryptable += 1;
+      this._undecryptable(p.from, 'media');
+      return;
+    }
+    this.mediaStats.received += 1;
+    this.mediaStats.receivedBytes += data.byteLength;
+    this._fire('media', { from: p.from, stream: p.stream, seq: p.seq, key: p.key, ts: p.ts, data });
+  }
+
+  /**
+   * Encrypts and sends one media chunk to the relay (fire and forget).
+   * @param {string} stream
+   * @param {number} seq
+   * @param {boolean} key
+   * @param {number} ts
+   * @param {Uint8Array} plain
+   */
+  async sendMedia(stream, seq, key, ts, plain) {
+    if (!this.active || !this.room || !this.self || !this.mediaCipher || !this.socket.connected) {
+      return false;
+    }
+    const data = await this.mediaCipher.seal(this.self, stream, seq, key, ts, plain);
+    this.socket.emit('media', { room: this.room, stream, seq, key, ts, data });
+    this.mediaStats.sent += 1;
+    this.mediaStats.sentBytes += data.byteLength;
+    return true;
+  }
+
+  /**
+   * Asks a sender for a new recording of a stream (after a gap, or on join).
+   * @param {string} to
+   * @param {string} stream
+   */
+  askKeyframe(to, stream) {
+    if (!this.active || !this.socket.connected) return;
+    this.socket.emit('media/keyframe', { room: this.room, to, stream });
   }
 
   /** @param {any} ack */

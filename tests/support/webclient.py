@@ -148,6 +148,8 @@ class _WsPair:
     ws: Any
     down: list[str] = field(default_factory=list)
     held: bool = False
+    rate: float | None = None  # bytes/s toward the browser (None = as fast as it goes)
+    binary_down: list[bytes] = field(default_factory=list)
 
 
 class Recorder:
@@ -175,6 +177,23 @@ class Recorder:
                 await pair.ws.close()
                 cut += 1
         return cut
+
+    def throttle(self, peer: str, bytes_per_s: float | None) -> int:
+        """Slows what the server sends to peer ``peer``'s browser to ``bytes_per_s`` (a thin
+        link: the proxy reads from the server only as fast as that, so the server feels the
+        backpressure); None lifts it. Returns how many WebSockets it applies to."""
+        own = re.compile(r'"peer":\s*"' + re.escape(peer) + r'",\s*"host"')
+        n = 0
+        for pair in self._pairs:
+            if not pair.ws.closed and any(own.search(t) for t in pair.down):
+                pair.rate = bytes_per_s
+                n += 1
+        return n
+
+    def binary(self, direction: str | None = None) -> list[bytes]:
+        """Every binary WebSocket frame relayed (both ways, or ``up`` / ``down``)."""
+        return [t.encode("latin-1") for d, t in self.frames
+                if d.endswith("-bin") and (direction is None or d.startswith(direction))]
 
     def relayed(self) -> str:
         return "\n".join(t for _, t in self.frames)
@@ -217,13 +236,16 @@ class Recorder:
                 async def pump(src: Any, dst: Any, tag: str) -> None:
                     with contextlib.suppress(Exception):
                         async for msg in src:
+                            if tag == "down" and pair.rate:
+                                size = len(msg.data) if isinstance(msg.data, (str, bytes)) else 0
+                                await asyncio.sleep(size / pair.rate)
                             if msg.type == WSMsgType.TEXT:
                                 self.frames.append((tag, msg.data))
                                 if tag == "down":
                                     pair.down.append(msg.data)
                                 await dst.send_str(msg.data)
                             elif msg.type == WSMsgType.BINARY:
-                                self.frames.append((tag, msg.data.decode("latin-1")))
+                                self.frames.append((tag + "-bin", msg.data.decode("latin-1")))
                                 await dst.send_bytes(msg.data)
                             else:
                                 break

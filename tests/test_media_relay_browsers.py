@@ -1,0 +1,180 @@
+"""The onion media relay in real browsers: a Tor-Browser-like Firefox (no WebRTC, no camera,
+resistFingerprinting) in a room with two Chromium participants, through the real server
+(`up --no-tor` with coturn) behind a recording proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from tests.support.webclient import NO_TURN, new_participant
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+AUTOPLAY = {"media.autoplay.default": 0, "media.autoplay.blocking_policy": 0}
+TOR_LIKE = {
+    "media.peerconnection.enabled": False,
+    "media.navigator.enabled": False,
+    "privacy.resistFingerprinting": False,
+    **AUTOPLAY,
+}
+EBML = b"\x1a\x45\xdf\xa3"
+
+# What the page plays of each relay sender: {peer: {a: stats, v: stats, w: videoWidth}}
+RELAY_JS = """
+const out = {};
+for (const [id, p] of incognito.peers) {
+  if (!p.relay) continue;
+  const s = p.relay.stats;
+  s.w = p.video.videoWidth;
+  const q = p.video.getVideoPlaybackQuality;
+  s.frames = q ? p.video.getVideoPlaybackQuality().totalVideoFrames : 0;
+  s.path = p.tile.querySelector('.path').textContent;
+  s.why = p.tile.querySelector('.path').title;
+  out[id] = s;
+}
+return out;
+"""
+
+
+async def ff_wait(ff, js: str, *args, timeout: float = 45.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = await asyncio.to_thread(ff.run, js, *args)
+        except Exception as e:  # page still loading
+            last = f"error: {e}"
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"firefox: timed out waiting for {what or js!r} (last {last!r})")
+        await asyncio.sleep(0.3)
+
+
+async def ff_join(ff, url: str, name: str) -> str:
+    await asyncio.to_thread(ff.navigate, url)
+    await ff_wait(ff, "return document.body.dataset.screen === 'prejoin'")
+    join = await asyncio.to_thread(ff.run, """
+        document.querySelector('#name').value = arguments[0];
+        const b = document.querySelector('#join'); const t = b.textContent; b.click(); return t;""",
+        name)
+    assert join == "Join"
+    await ff_wait(ff, "return document.body.dataset.screen === 'call'")
+    return await ff_wait(ff, "return incognito.sig && incognito.sig.self")
+
+
+async def relay_stats(ff) -> dict:
+    return await asyncio.to_thread(ff.run, RELAY_JS)
+
+
+async def wait_playing(ff, senders: set[str], timeout: float = 60.0) -> dict:
+    """Until Firefox plays video and audio of every sender, with playback time rising between
+    two samples. Returns the second sample."""
+    first = await ff_wait(ff, RELAY_JS[:-len("return out;\n")] + """
+        const ids = arguments[0];
+        return ids.every((id) => out[id] && out[id].v.readyState >= 2 && out[id].w > 0
+          && out[id].a.readyState >= 2) && out;""", sorted(senders), timeout=timeout,
+        what="relay video and audio from every sender")
+    await asyncio.sleep(1.5)
+    second = await relay_stats(ff)
+    for peer in senders:
+        a, b = first[peer], second[peer]
+        assert b["v"]["currentTime"] > a["v"]["currentTime"], (peer, a["v"], b["v"])
+        assert b["a"]["currentTime"] > a["a"]["currentTime"], json.dumps([a["a"], b["a"]])
+        assert b["v"]["appended"] > a["v"]["appended"] and b["a"]["appended"] > a["a"]["appended"]
+    return second
+
+
+async def test_tor_like_firefox_sees_and_hears_two_chromiums_through_the_onion_relay(
+        turn_server, recorder, webchromium, firefox_marionette, shots):
+    url = recorder.base + turn_server.url[len(turn_server.base):]
+    c1 = await new_participant(webchromium, url, "Chromium One")
+    await c1.join()
+    c2 = await new_participant(webchromium, url, "Chromium Two")
+    await c2.join()
+    ids = {await c1.self_id(), await c2.self_id()}
+    ff = await asyncio.to_thread(firefox_marionette, TOR_LIKE)
+    tor_id = await ff_join(ff, url, "Tor Tom")
+
+    s = await wait_playing(ff, ids)
+    for peer in ids:
+        v, a = s[peer]["v"], s[peer]["a"]
+        assert s[peer]["w"] == 320, s[peer]  # the fake camera's picture, decoded
+        assert v["ebml"] >= 1 and a["ebml"] >= 1  # the plaintext was WebM...
+        assert s[peer]["path"] == "onion relay" and "no WebRTC" in s[peer]["why"]
+    # ...and the server saw none of it in clear: every relayed binary frame is ciphertext
+    frames = recorder.binary()
+    assert len(frames) > 50, len(frames)
+    assert not [f[:16] for f in frames if EBML in f]
+    assert sum(len(f) for f in recorder.binary("up")) > 20_000
+
+    # the Chromiums say how each person is reached, and why
+    for c in (c1, c2):
+        await c.wait("(() => { const t = document.querySelector("
+                     f"'.tile[data-peer=\"{tor_id}\"] .path');"
+                     " return t && t.textContent === 'onion relay' && t.title; })()")
+    if not NO_TURN:
+        other = await c2.self_id()
+        await c1.wait("(() => { const t = document.querySelector("
+                      f"'.tile[data-peer=\"{other}\"] .path');"
+                      " return t && t.textContent === 'TURN relay'; })()", timeout=30)
+    # the Chromiums still have their WebRTC link to each other, none to Firefox
+    assert await c1.js("incognito.mesh.links.size") == 1
+
+    # chat from Tor Browser reaches both
+    await asyncio.to_thread(ff.run, """
+        document.querySelector('#btn-chat').click();
+        document.querySelector('#chat-input').value = 'hello from Tor';
+        document.querySelector('#chat-form').requestSubmit(); return true;""")
+    for c in (c1, c2):
+        await c.wait("incognito.chat.some((m) => m.text === 'hello from Tor')")
+    # nothing failed to decrypt, nothing against the CSP
+    assert await asyncio.to_thread(ff.run, "return incognito.sig.mediaStats.undecryptable;") == 0
+    assert await asyncio.to_thread(ff.run, "return incognito.csp;") == []
+    await asyncio.to_thread(ff.screenshot, shots / "tor-like-onion-relay.png")
+    await c1.page.screenshot(path=str(shots / "chromium-with-onion-relay-peer.png"))
+
+    # one Chromium leaves the room: the other keeps going, the relay stops for nobody else
+    await c1.page.click("#btn-leave")
+    await ff_wait(ff, f"return !incognito.peers.has({sorted(ids)[0]!r}) || "
+                      f"!incognito.peers.has({sorted(ids)[1]!r});")
+
+
+async def test_slow_onion_receiver_latency_stays_bounded_and_audio_goes_on(
+        turn_server, recorder, webchromium, firefox_marionette):
+    url = recorder.base + turn_server.url[len(turn_server.base):]
+    c = await new_participant(webchromium, url, "Chromium Sender")
+    await c.join()
+    sender = await c.self_id()
+    ff = await asyncio.to_thread(firefox_marionette, TOR_LIKE)
+    tor_id = await ff_join(ff, url, "Slow Tor")
+    await wait_playing(ff, {sender})
+
+    # a thin link: 12 kB/s toward Firefox, far below the video's rate, above the audio's
+    assert recorder.throttle(tor_id, 12_000) == 1
+    before = (await relay_stats(ff))[sender]
+    t0 = time.time() * 1000
+    await asyncio.sleep(12)
+    after = (await relay_stats(ff))[sender]
+    # audio kept arriving and playing
+    assert after["a"]["appended"] - before["a"]["appended"] >= 30, (before["a"], after["a"])
+    assert after["a"]["currentTime"] > before["a"]["currentTime"] + 5
+    # what arrived was fresh: latency bounded (relay_max_delay_ms + a window in flight)
+    lat = [x for x in after["a"]["latencies"]]
+    assert lat and max(lat[-30:]) < 3000, lat
+    assert after["a"]["lastTs"] > t0 + 9000, (after["a"]["lastTs"] - t0)
+    # video could not keep up: the server dropped it and asked the sender for new recordings
+    sent = await c.js("incognito.relaySender.stats")
+    assert sent["v"]["restarts"] >= 2, sent
+    # the link recovers: video plays again
+    recorder.throttle(tor_id, None)
+    v0 = (await relay_stats(ff))[sender]["v"]
+    await ff_wait(ff, RELAY_JS[:-len("return out;\n")] +
+                  "const s = out[arguments[0]]; return s && s.v.appended > arguments[1] + 20 "
+                  "&& s.v.currentTime > arguments[2] && s;",
+                  sender, v0["appended"], v0["currentTime"], what="video after the link healed")
