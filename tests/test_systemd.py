@@ -131,7 +131,9 @@ set -euo pipefail
 repo=$1; work=$2
 mount --make-rprivate /
 mount -t tmpfs -o mode=755 tmpfs /run
-mkdir /run/t && cp -a "$work/." /run/t/
+# The test's work dir, bound (not copied: units and drop-ins it writes later must be seen by
+# daemon-reload) before /tmp, where it lives, is covered below.
+mkdir /run/t && mount --bind "$work" /run/t
 # Nothing this systemd does may touch the host's files: fresh /tmp, /var/*, unit dir, /opt.
 for d in /tmp /var/tmp /var/lib /var/log /var/cache /etc/systemd/system /opt; do
   mount -t tmpfs tmpfs "$d"
@@ -348,6 +350,9 @@ def test_unit_runs_under_its_own_hardening(private_systemd):
     (sd.units / "incognito-onion.service.d" / "zz-tor.conf").write_text(
         "[Service]\nEnvironment=INCOGNITO_TOR_ENABLED=true\n")
     assert sd.ctl("daemon-reload").returncode == 0
+    loaded = sd.show("incognito-onion.service", "DropInPaths", "Environment")
+    assert loaded["DropInPaths"].split()[-1].endswith("/zz-tor.conf"), loaded
+    assert loaded["Environment"].split()[-1] == "INCOGNITO_TOR_ENABLED=true", loaded
     assert sd.ctl("start", "incognito-onion.service").returncode == 0
     err = sd.path("/run/io.err")
 
