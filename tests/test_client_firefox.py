@@ -109,19 +109,21 @@ async def test_tor_browser_like_firefox_gets_plain_words_and_chat(turn_server, w
     assert caps["rtc"] == "undefined" and caps["md"] == "undefined", caps
     assert caps["hidden"] is False
     assert "Tor Browser" in caps["text"] and "WebRTC" in caps["text"], caps
-    assert "chat" in caps["text"]
-    assert caps["join"] == "Join the chat"
+    assert "chat" in caps["text"] and "onion relay" in caps["text"], caps
+    # it cannot call, but it can watch and listen through the onion relay (MediaSource)
+    assert caps["join"] == "Join"
     await asyncio.to_thread(ff.screenshot, shots / "tor-like-prejoin.png")
 
-    # a Chromium in the same room; the Tor-like one joins the chat only
+    # a Chromium in the same room; the Tor-like one watches through the relay and chats
     c = await new_participant(webchromium, turn_server.url, "Chromium Chris")
     await c.join()
     await asyncio.to_thread(ff.run, """
         document.querySelector('#name').value = 'Tor Tom';
         document.querySelector('#join').click(); return true;""")
     await ff_wait(ff, "return document.body.dataset.screen === 'call'")
-    await c.wait("[...document.querySelectorAll('#grid .name')].some("
-                 "(n) => n.textContent === 'Tor Tom (chat only)')")
+    await c.wait("[...document.querySelectorAll('#grid .tile')].some((t) =>"
+                 " t.querySelector('.name').textContent === 'Tor Tom'"
+                 " && t.querySelector('.path').textContent === 'onion relay')")
     await c.page.click("#btn-chat")
     await c.page.fill("#chat-input", "can you read me")
     await c.page.press("#chat-input", "Enter")

@@ -49,6 +49,7 @@ FIREFOX_TEST_PREFS: dict[str, Any] = {
     "media.navigator.streams.fake": True,
     "media.navigator.permission.disabled": True,
     "media.peerconnection.ice.loopback": True,
+    "media.cubeb.backend": "alsa",  # into the null PCM of _ASOUNDRC: no sound card here
     # offline: nothing phones home (Marionette's recommended prefs do most of the rest)
     "browser.shell.checkDefaultBrowser": False,
     "app.update.disabledForTesting": True,
@@ -197,6 +198,19 @@ def _user_js(prefs: dict[str, Any]) -> str:
     return "".join(f"user_pref({json.dumps(k)}, {json.dumps(v)});\n" for k, v in prefs.items())
 
 
+# A test machine has no sound card and no sound server: without an output device Firefox's media
+# elements stop with "OnMediaSinkAudioError" and audio never plays. ALSA's null PCM is a sink
+# that plays in real time into nothing (cubeb's ALSA backend, selected by pref above).
+_ASOUNDRC = "pcm.!default { type null }\nctl.!default { type hw card 0 }\n"
+
+
+def _firefox_env(profile: Path) -> dict[str, str]:
+    home = profile / "home"
+    home.mkdir(exist_ok=True)
+    (home / ".asoundrc").write_text(_ASOUNDRC)
+    return {**os.environ, "HOME": str(home)}
+
+
 @pytest.fixture
 def firefox_marionette(tmp_path: Path) -> Iterator[Any]:
     binary = shutil.which(FIREFOX)
@@ -221,7 +235,7 @@ def firefox_marionette(tmp_path: Path) -> Iterator[Any]:
         proc = subprocess.Popen(
             [binary, "--marionette", "--headless", "--no-remote", "--profile", str(profile),
              *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            start_new_session=True, env=_firefox_env(profile))
         log.close()
         ff = Firefox(None, proc, profile, port, {proc.pid})
         started.append(ff)

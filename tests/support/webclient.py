@@ -152,6 +152,9 @@ class _WsPair:
     binary_down: list[bytes] = field(default_factory=list)
 
 
+_MEDIA_EVENT = re.compile(r'^451-(?:/[^,]*,)?\d*\["media",\{.*"stream":"([av])"')
+
+
 class Recorder:
     """Reverse proxy to ``upstream`` that keeps every socket.io payload in ``frames``."""
 
@@ -194,6 +197,22 @@ class Recorder:
         """Every binary WebSocket frame relayed (both ways, or ``up`` / ``down``)."""
         return [t.encode("latin-1") for d, t in self.frames
                 if d.endswith("-bin") and (direction is None or d.startswith(direction))]
+
+    def media_bytes(self, since: int = 0) -> dict[str, int]:
+        """Bytes of relay media sent up by the browsers, per stream (``a``, ``v``), counting
+        each chunk's event frame and its binary attachment, from ``frames[since:]`` on."""
+        out = {"a": 0, "v": 0}
+        stream = None
+        for d, t in self.frames[since:]:
+            if d == "up":
+                m = _MEDIA_EVENT.match(t)
+                stream = m and m.group(1)
+                if stream:
+                    out[stream] += len(t)
+            elif d == "up-bin" and stream:
+                out[stream] += len(t)
+                stream = None
+        return out
 
     def relayed(self) -> str:
         return "\n".join(t for _, t in self.frames)
