@@ -61,6 +61,9 @@ class ReceiverQueue:
     dropped: int = 0
     sent: int = 0
     draining: bool = False
+    # the senders this receiver wants (None: all). A WebRTC participant wants only the peers
+    # that have no WebRTC; the others reach it directly.
+    only: frozenset[str] | None = None
 
     def push(self, chunk: Chunk) -> set[StreamKey]:
         """Queues ``chunk``; returns the streams that just broke (they need a key chunk)."""
@@ -209,11 +212,24 @@ class RoomRelay:
         self._key_asked: dict[StreamKey, float] = {}
         self.capped = 0
 
-    def add_receiver(self, peer: str) -> ReceiverQueue:
+    def add_receiver(self, peer: str, only: frozenset[str] | None = None) -> ReceiverQueue:
+        """Makes ``peer`` a receiver of every sender's media, or of ``only`` those senders'."""
         q = self.receivers.get(peer)
         if q is None:
             q = self.receivers[peer] = ReceiverQueue(self.max_chunks, self.max_delay, self.window)
+        if only is not None and q.only != only:
+            for sender in {c.sender for c in q.queue} - only:
+                q.forget(sender)
+        q.only = only
         return q
+
+    def stop_receiving(self, peer: str) -> bool:
+        """``peer`` no longer receives (its own chunks still go to the others)."""
+        return self.receivers.pop(peer, None) is not None
+
+    def restricted(self) -> dict[str, list[str]]:
+        """The receivers that want only some senders, and which (for ``media/receivers``)."""
+        return {p: sorted(q.only) for p, q in self.receivers.items() if q.only is not None}
 
     def remove_peer(self, peer: str) -> bool:
         """A peer left (or stopped receiving): returns True if it was a receiver."""
@@ -225,7 +241,8 @@ class RoomRelay:
         return was
 
     def targets(self, sender: str) -> list[str]:
-        return [p for p in self.receivers if p != sender]
+        return [p for p, q in self.receivers.items()
+                if p != sender and (q.only is None or sender in q.only)]
 
     def route(self, chunk: Chunk) -> Routed:
         """Queues ``chunk`` for every receiver but its sender, within the room's cap."""

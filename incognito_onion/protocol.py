@@ -14,8 +14,8 @@ from .ids import PEER_ID_RE, RESUME_RE, ROOM_ID_RE
 from .rooms import RoomError
 
 # field kinds: "room", "peer", "resume", "opaque", "bool", "binary" (opaque bytes, the media
-# relay's), "seq" (integer 0..2**53-1), "ms" (a finite number), "stream" ("a" or "v");
-# a trailing "?" marks optional
+# relay's), "seq" (integer 0..2**53-1), "ms" (a finite number), "stream" ("a" or "v"),
+# "peers" (a list of at most MAX_PEER_LIST peer ids); a trailing "?" marks optional
 EVENTS: dict[str, dict[str, str]] = {
     "create": {"meta": "opaque?"},
     "join": {"room": "room", "meta": "opaque?", "resume": "resume?"},
@@ -27,13 +27,14 @@ EVENTS: dict[str, dict[str, str]] = {
     "lock": {"room": "room", "locked": "bool"},
     "remove": {"room": "room", "peer": "peer"},
     "ice": {"room": "room"},
-    "media/need": {"room": "room", "need": "bool"},
+    "media/need": {"room": "room", "need": "bool", "from": "peers?"},
     "media": {"room": "room", "stream": "stream", "seq": "seq", "key": "bool", "ts": "ms",
               "data": "binary"},
     "media/keyframe": {"room": "room", "to": "peer", "stream": "stream"},
 }
 
 MAX_SEQ = 2**53 - 1
+MAX_PEER_LIST = 64  # far above any room's capacity
 STREAMS = ("a", "v")
 
 _PATTERNS = {"room": ROOM_ID_RE, "peer": PEER_ID_RE, "resume": RESUME_RE}
@@ -86,6 +87,12 @@ def parse(event: Any, args: tuple[Any, ...], max_bytes: int,
         elif kind == "ms":
             if type(value) not in (int, float) or not math.isfinite(value):
                 raise RoomError("bad_request", f"'{name}' must be a number")
+        elif kind == "peers":
+            if (not isinstance(value, list) or len(value) > MAX_PEER_LIST
+                    or not all(isinstance(v, str) and PEER_ID_RE.match(v) for v in value)):
+                raise RoomError("bad_request",
+                                f"'{name}' must be a list of at most {MAX_PEER_LIST} peer ids")
+            value = frozenset(value)
         elif kind == "stream":
             if value not in STREAMS:
                 raise RoomError("bad_request", f"'{name}' must be \"a\" or \"v\"")

@@ -150,10 +150,11 @@ async def test_tor_browser_like_firefox_without_javascript_reads_noscript(turn_s
     assert "needs JavaScript" in text and "Safest" in text, text
 
 
-async def test_firefox_that_cannot_reach_the_relay_is_told_what_to_change(
+async def test_firefox_that_cannot_reach_the_relay_switches_to_the_onion_relay(
         turn_server, webchromium, firefox_marionette):
     """Without ICE on loopback, Firefox gathers no candidate for the relay on 127.0.0.1: the
-    same symptom as proxy-only mode behind Tor. The page names the about:config fix."""
+    same symptom as proxy-only mode behind Tor. The call goes on through the onion relay, both
+    ways, and the page names the about:config fix for a direct call."""
     if NO_TURN:
         pytest.skip("needs the TURN relay")
     c = await new_participant(webchromium, turn_server.url, "Chromium Chris")
@@ -163,4 +164,17 @@ async def test_firefox_that_cannot_reach_the_relay_is_told_what_to_change(
     await ff_join(ff, turn_server.url, "Firefox Fay")
     text = await ff_wait(ff, "const n = document.querySelector('[data-notice=ice]');"
                              "return n && n.textContent;")
-    assert "proxy_only_if_behind_proxy" in text and "chat still works" in text, text
+    assert "proxy_only_if_behind_proxy" in text and "onion relay" in text, text
+    ff_id = await ff_wait(ff, "return incognito.sig && incognito.sig.self;")
+    c_id = await c.self_id()
+    # Firefox plays Chromium, and Chromium plays Firefox's (fake) camera, through the relay
+    await ff_wait(ff, "const p = incognito.peers.get(arguments[0]);"
+                      " return p && p.relay && p.video.videoWidth > 0"
+                      " && p.relay.stats.v.currentTime > 0.5 && p.relay.stats.a.currentTime > 0.5;",
+                  c_id)
+    await c.wait(f"(() => {{ const p = incognito.peers.get({ff_id!r});"
+                 " return p && p.relay && p.video.videoWidth > 0"
+                 " && p.relay.stats.v.currentTime > 0.5; })()", timeout=30)
+    assert await c.js(f"document.querySelector('.tile[data-peer=\"{ff_id}\"] .path')"
+                      ".textContent") == "onion relay"
+    assert await c.js("incognito.mesh.links.size") == 0

@@ -165,6 +165,24 @@ def test_sender_never_receives_its_own_chunks_and_leaving_forgets_it():
     assert relay.remove_peer("nobody") is False
 
 
+def test_a_receiver_can_want_only_some_senders():
+    """A WebRTC participant takes through the relay only the peers that have no WebRTC."""
+    relay = RoomRelay(room_kbps=8000, max_chunks=10, max_delay=5, window=4, clock=Clock())
+    relay.add_receiver("T")  # Tor Browser: everyone
+    relay.add_receiver("W", only=frozenset({"T"}))  # a WebRTC peer: only T
+    assert relay.route(ch("a", 0, key=True, sender="S")).receivers == ["T"]
+    assert relay.route(ch("a", 0, key=True, sender="T")).receivers == ["W"]
+    assert relay.restricted() == {"W": ["T"]}
+    # wanting someone else now: what waits from T is dropped, nothing more comes from T
+    relay.add_receiver("W", only=frozenset({"X"}))
+    assert not relay.receivers["W"].queue
+    assert relay.route(ch("a", 1, sender="T")).receivers == []
+    assert relay.route(ch("a", 0, key=True, sender="X")).receivers == ["T", "W"]
+    relay.add_receiver("W")  # everyone
+    assert relay.restricted() == {}
+    assert relay.targets("S") == ["T", "W"]
+
+
 # --------------------------------------------------------------------------------------------
 # the live server
 # --------------------------------------------------------------------------------------------
@@ -236,6 +254,38 @@ async def test_chunks_reach_relay_receivers_only_after_they_ask(trio):
     # the receiver stops: nobody gets chunks any more
     await b.call("media/need", {"room": room, "need": False})
     assert (await a.call("media", media(room, 2)))["relayed"] == 0
+
+
+async def test_a_webrtc_peer_takes_only_the_relay_only_senders(trio):
+    """Mixed room: T has no WebRTC (everyone's media through the relay); W has WebRTC and takes
+    through the relay only T's media; S's media reaches W directly, never through the relay."""
+    s_ = await trio(name="S")
+    room = (await s_.create())["room"]
+    t, w = await trio(name="T"), await trio(name="W")
+    await t.join(room)
+    await w.join(room)
+    tid, wid = t.peer_ids[room], w.peer_ids[room]
+    await t.call("media/need", {"room": room, "need": True})
+    ack = await w.call("media/need", {"room": room, "need": True, "from": [tid]})
+    assert sorted(ack["receivers"]) == sorted([tid, wid]) and ack["from"] == {wid: [tid]}
+    assert (await s_.next("media/receivers", room=room))["peers"] == [tid]
+    note = await s_.next("media/receivers", room=room)
+    assert note["from"] == {wid: [tid]}  # so S knows W does not want its media
+    assert (await s_.call("media", media(room, 0, key=True)))["relayed"] == 1  # T only
+    assert (await t.call("media", media(room, 0, key=True)))["relayed"] == 1  # W only
+    got = await w.next("media", room=room)
+    assert got["from"] == tid
+    await t.next("media", room=room)
+    await asyncio.sleep(0.2)
+    assert [m["from"] for m in w.seen("media")] == [tid]
+    # a late joiner learns it from the join ack
+    late = await trio(name="L")
+    ack = await late.join(room)
+    assert ack["mediaRelayFrom"] == {wid: [tid]}
+    # malformed lists are refused with bad_request
+    for bad in ("x", [1], ["not a peer id"], [tid] * 65):
+        reply = await w.call("media/need", {"room": room, "need": True, "from": bad})
+        assert reply["ok"] is False and reply["error"]["code"] == "bad_request", (bad, reply)
 
 
 async def test_bad_media_events_get_an_error_never_an_exception(trio):

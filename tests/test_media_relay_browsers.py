@@ -105,7 +105,7 @@ async def test_tor_like_firefox_sees_and_hears_two_chromiums_through_the_onion_r
     for peer in ids:
         v, a = s[peer]["v"], s[peer]["a"]
         assert s[peer]["w"] == 320, s[peer]  # the fake camera's picture, decoded
-        assert v["ebml"] >= 1 and a["ebml"] >= 1  # the plaintext was WebM...
+        assert v["ebml"] >= 1 and a["ebml"] >= 1, s[peer]  # the plaintext was WebM...
         assert s[peer]["path"] == "onion relay" and "no WebRTC" in s[peer]["why"]
     # ...and the server saw none of it in clear: every relayed binary frame is ciphertext
     deadline = time.monotonic() + 20
@@ -164,8 +164,9 @@ async def test_slow_onion_receiver_latency_stays_bounded_and_audio_goes_on(
     await asyncio.sleep(4)
     sent_bytes = recorder.media_bytes(mark)
     rate = {k: v / (time.monotonic() - t_mark) for k, v in sent_bytes.items()}
-    assert rate["v"] > 0.5 * rate["a"] > 0, rate  # (else the link below would not be thin)
-    assert recorder.throttle(tor_id, 1.4 * rate["a"] + 0.15 * rate["v"]) == 1
+    # audio goes out first: it gets what it needs, video gets 0.1 a + 0.2 v, less than it needs
+    assert rate["v"] > 0.2 * rate["a"] > 0, rate  # (else that would not be too little)
+    assert recorder.throttle(tor_id, 1.1 * rate["a"] + 0.2 * rate["v"]) == 1
     before = (await relay_stats(ff))[sender]
     t0 = time.time() * 1000
     await asyncio.sleep(12)

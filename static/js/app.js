@@ -22,7 +22,7 @@ const MAX_CHAT = 2000;
  *   stream: MediaStream | null,
  *   analyser: AnalyserNode | null, source: MediaStreamAudioSourceNode | null,
  *   chatOnly?: boolean, relay?: RelayPlayer | null, relayReceiver?: boolean,
- *   path?: string }} PeerView
+ *   noWebrtc?: boolean, path?: string }} PeerView
  */
 
 /** CSP violations seen by this page (there should be none; tests read this). */
@@ -64,6 +64,8 @@ const state = {
   csp: cspViolations,
   /** onion media relay: we receive through it (no WebRTC here) / we feed it */
   relayIn: false,
+  /** the last `media/need` we sent (JSON), so it is sent only when it changes */
+  relayWant: '',
   /** @type {RelaySender | null} */ relaySender: null,
   relayTimer: /** @type {ReturnType<typeof setInterval> | null} */ (null),
 };
@@ -444,10 +446,13 @@ function enterCall() {
     });
     mesh.addEventListener('budget', (e) => onBudget(/** @type {CustomEvent} */ (e).detail));
     mesh.addEventListener('no-candidates', () => {
-      setNotice('ice', 'bad', explainNoCandidates({
+      const relay = state.verdict.canWatch && canPlayRelay(globalThis);
+      setNotice('ice', relay ? 'warn' : 'bad', explainNoCandidates({
         firefox: /firefox/i.test(navigator.userAgent),
         relayOnly: sig.ice.iceTransportPolicy === 'relay',
+        relay,
       }));
+      if (relay) switchToRelay();
     });
   }
   if (state.verdict.canSend && canFeedRelay(globalThis)) {
@@ -459,10 +464,8 @@ function enterCall() {
     });
     relayTracks();
   }
-  if (!state.verdict.canCall && state.verdict.canWatch) {
-    state.relayIn = true;
-    sig.setNeedRelay(true).catch((e) => setNotice('relay', 'bad', `The onion relay is not available: ${e.message}`));
-  }
+  if (!state.verdict.canCall && state.verdict.canWatch) state.relayIn = true;
+  updateRelayNeed();
   onRelayReceivers({ peers: [...sig.relayReceivers], added: [...sig.relayReceivers] });
   state.relayTimer = setInterval(renderPaths, 1000);
   state.selfView = makeTile('self', state.name || 'You', true);
@@ -494,7 +497,8 @@ function announceState() {
   sig.broadcast({ type: 'state', name: state.name, muted: !state.micOn,
     camOff: (!state.camera && !state.screen) || !!state.mesh?.budget?.videoPaused,
     sharing: !!state.screen,
-    webrtc: state.verdict.canCall, relay: state.relayIn }).catch(() => {});
+    webrtc: state.verdict.canCall && !state.relayIn, relay: state.relayIn,
+    sends: !!state.relaySender }).catch(() => {});
 }
 
 /* ------------------------------------------------------------------ signaling events */
@@ -560,8 +564,12 @@ function onMessage(d) {
       // no WebRTC there: media goes through the onion relay if they can play it, else chat only
       p.chatOnly = !b.relay;
       p.relayReceiver = !!b.relay;
-      if (!p.relay) { p.muted = true; p.camOff = true; }
+      if (!p.relay && !b.sends) { p.muted = true; p.camOff = true; }
       state.mesh?.exclude(d.from);
+      if (!p.noWebrtc) {
+        p.noWebrtc = true;
+        updateRelayNeed();
+      }
     }
     renderPeer(p);
   } else if (b.type === 'chat' && typeof b.text === 'string') {
@@ -664,6 +672,7 @@ function removePeer(id) {
   p.tile.remove();
   state.peers.delete(id);
   renderCount();
+  if (p.noWebrtc) updateRelayNeed();
 }
 
 function attachSelf() {
@@ -1003,6 +1012,40 @@ async function endCall(why, text) {
 
 /* ------------------------------------------------------------------ onion media relay */
 
+/**
+ * What we ask of the onion relay: everyone's media when we have no (working) WebRTC; else the
+ * media of the peers that have none (the rest reach us by WebRTC); else nothing.
+ */
+function updateRelayNeed() {
+  const sig = state.sig;
+  if (!sig || !state.inCall) return;
+  const from = state.relayIn ? null
+    : [...state.peers.values()].filter((p) => p.noWebrtc).map((p) => p.id).sort();
+  const need = state.relayIn || (from !== null && from.length > 0);
+  const want = JSON.stringify([need, from]);
+  if (want === state.relayWant) return;
+  state.relayWant = want;
+  sig.setNeedRelay(need, from).catch((e) => {
+    state.relayWant = '';
+    setNotice('relay', 'bad', `The onion relay is not available: ${e.message}`);
+  });
+}
+
+/**
+ * WebRTC found no way out (Firefox or Mullvad Browser behind a proxy gathers no ICE candidate):
+ * rather than a dead call, this person sends and receives through the onion relay from now on.
+ */
+function switchToRelay() {
+  if (state.relayIn) return;
+  state.relayIn = true;
+  state.mesh?.closeAll();
+  state.mesh = null;
+  announceState();
+  updateRelayNeed();
+  for (const p of state.peers.values()) renderPeer(p);
+  renderPaths();
+}
+
 /** Our current tracks, to the relay sender. */
 function relayTracks() {
   state.relaySender?.setTracks({ audio: state.audio, video: state.screen || state.camera });
@@ -1024,12 +1067,11 @@ function onRelayReceivers(d) {
   if (!sig) return;
   for (const p of state.peers.values()) {
     const was = !!p.relayReceiver;
-    p.relayReceiver = sig.relayReceivers.has(p.id);
+    p.relayReceiver = sig.relayWants(p.id);
     if (was !== p.relayReceiver) renderPeer(p);
   }
   if (!sender || !state.inCall) return;
-  const others = d.peers.filter((id) => id !== sig.self);
-  if (others.length === 0) {
+  if (!sig.wantedByRelay()) {
     sender.stop();
   } else if (!sender.running) {
     sender.start();

@@ -162,16 +162,22 @@ export function explainMediaError(err) {
 }
 
 /**
- * What to say when ICE gathered no candidate at all (the relay cannot be reached).
- * @param {{ firefox: boolean, relayOnly: boolean }} o
+ * What to say when ICE gathered no candidate at all (the TURN relay cannot be reached).
+ * `relay`: the call goes on through the onion relay instead (this browser can play it).
+ * @param {{ firefox: boolean, relayOnly: boolean, relay?: boolean }} o
  * @returns {string}
  */
 export function explainNoCandidates(o) {
-  const base = 'Your browser found no way to reach this room\'s media relay, so you cannot see '
-    + 'or hear the others (the chat still works).';
+  const base = o.relay
+    ? 'Your browser found no way to make a direct call (WebRTC reached no relay), so you now '
+      + 'see and hear the others, and they you, through the room\'s onion relay: over this '
+      + 'page\'s own connection, end-to-end encrypted, a little behind a direct call. The chat '
+      + 'works as before.'
+    : 'Your browser found no way to reach this room\'s media relay, so you cannot see '
+      + 'or hear the others (the chat still works).';
   if (o.firefox) {
-    return `${base} In Firefox or Mullvad Browser behind Tor or another proxy, open `
-      + 'about:config and set media.peerconnection.ice.proxy_only_if_behind_proxy to false, '
+    return `${base} For a direct call in Firefox or Mullvad Browser behind Tor or another proxy, `
+      + 'open about:config and set media.peerconnection.ice.proxy_only_if_behind_proxy to false, '
       + 'then reload. That is safe here: media still goes only to the room\'s relay, over TCP '
       + 'through your proxy, so nobody learns your address.';
   }

@@ -119,7 +119,13 @@ export class Signaling extends EventTarget {
     /** onion media relay: who receives through it, and our own wish to */
     /** @type {Set<string>} */
     this.relayReceivers = new Set();
+    /** receivers that want only some senders (the others want everyone) */
+    /** @type {Map<string, Set<string>>} */
+    this.relayFrom = new Map();
     this.needRelay = false;
+    /** the senders we want through the relay (null: everyone) */
+    /** @type {string[] | null} */
+    this.needFrom = null;
     /** @type {MediaCipher | null} */
     this.mediaCipher = null;
     this.mediaStats = { received: 0, undecryptable: 0, sent: 0, sentBytes: 0, receivedBytes: 0 };
@@ -178,7 +184,7 @@ export class Signaling extends EventTarget {
       (/** @type {any} */ p) => this._onSealed('screen', p, '*', false));
     s.on('media/receivers', (/** @type {any} */ p) => {
       if (!this._mine(p) || !Array.isArray(p.peers)) return;
-      this._setReceivers(p.peers);
+      this._setReceivers(p.peers, p.from);
     });
     s.on('media', (/** @type {any} */ p, /** @type {any} */ ack) => {
       // acknowledge at once: the server sends more only as chunks are acknowledged
@@ -336,33 +342,78 @@ export class Signaling extends EventTarget {
       capacity: this.capacity, peers, resumed,
     });
     if (this.needRelay) {
-      this.request('media/need', { room: this.room, need: true })
-        .then((a) => this._setReceivers(a.receivers)).catch(() => {});
+      this.request('media/need', this._needBody())
+        .then((a) => this._setReceivers(a.receivers, a.from)).catch(() => {});
     } else {
-      this._setReceivers(Array.isArray(ack.mediaRelay) ? ack.mediaRelay : []);
+      this._setReceivers(Array.isArray(ack.mediaRelay) ? ack.mediaRelay : [], ack.mediaRelayFrom);
     }
   }
 
-  /** @param {unknown[]} peers */
-  _setReceivers(peers) {
-    const next = new Set(peers.filter((p) => typeof p === 'string').map((p) => String(p)));
-    const same = next.size === this.relayReceivers.size
-      && [...next].every((p) => this.relayReceivers.has(p));
-    if (same) return;
-    const added = [...next].filter((p) => !this.relayReceivers.has(p));
-    this.relayReceivers = next;
-    this._fire('relay-receivers', { peers: [...next], added });
+  _needBody() {
+    /** @type {{room: string | null, need: boolean, from?: string[]}} */
+    const body = { room: this.room, need: this.needRelay };
+    if (this.needRelay && this.needFrom) body.from = this.needFrom;
+    return body;
   }
 
   /**
-   * Announces that this browser receives media through the onion relay (no WebRTC here).
-   * @param {boolean} need
+   * @param {unknown} peers the receivers
+   * @param {unknown} from receiver -> the senders it wants, for those that want only some
    */
-  async setNeedRelay(need) {
+  _setReceivers(peers, from) {
+    const ids = (/** @type {unknown} */ v) => (Array.isArray(v)
+      ? v.filter((x) => typeof x === 'string').map((x) => String(x)) : []);
+    const next = new Set(ids(peers));
+    /** @type {Map<string, Set<string>>} */
+    const nextFrom = new Map();
+    if (from && typeof from === 'object') {
+      for (const [r, senders] of Object.entries(from)) {
+        if (next.has(r)) nextFrom.set(r, new Set(ids(senders)));
+      }
+    }
+    const wantedBefore = this._wanting();
+    const key = (/** @type {Set<string>} */ set, /** @type {Map<string, Set<string>>} */ m) =>
+      JSON.stringify([...set].sort().map((r) => [r, m.has(r) ? [...(m.get(r) || [])].sort() : 0]));
+    if (key(next, nextFrom) === key(this.relayReceivers, this.relayFrom)) return;
+    this.relayReceivers = next;
+    this.relayFrom = nextFrom;
+    const added = [...this._wanting()].filter((r) => !wantedBefore.has(r));
+    this._fire('relay-receivers', { peers: [...next], added });
+  }
+
+  /** The other receivers that want our media. @returns {Set<string>} */
+  _wanting() {
+    return new Set([...this.relayReceivers].filter((r) => r !== this.self
+      && (!this.relayFrom.has(r) || /** @type {Set<string>} */ (this.relayFrom.get(r)).has(
+        /** @type {string} */ (this.self)))));
+  }
+
+  /** Whether anyone else wants our media through the relay (then we feed it). */
+  wantedByRelay() {
+    return this._wanting().size > 0;
+  }
+
+  /**
+   * Whether `peer` takes our media through the relay.
+   * @param {string} peer
+   */
+  relayWants(peer) {
+    return this._wanting().has(peer);
+  }
+
+  /**
+   * Receive media through the onion relay: from everyone (`from` null: this browser has no
+   * WebRTC, or it found no way to use it), or only from the listed senders (peers that have no
+   * WebRTC; the rest reach us directly). `need` false stops it.
+   * @param {boolean} need
+   * @param {string[] | null} [from]
+   */
+  async setNeedRelay(need, from = null) {
     this.needRelay = need;
+    this.needFrom = need && from ? [...from] : null;
     if (!this.active || !this.room) return;
-    const ack = await this.request('media/need', { room: this.room, need });
-    this._setReceivers(ack.receivers);
+    const ack = await this.request('media/need', this._needBody());
+    this._setReceivers(ack.receivers, ack.from);
   }
 
   /** @param {any} p */
