@@ -191,7 +191,12 @@ export class Link {
     const state = this.pc.iceConnectionState;
     if (this.disconnectTimer) clearTimeout(this.disconnectTimer);
     this.disconnectTimer = null;
-    if (state === 'failed') {
+    if (state === 'failed' && this.gathered === 0) {
+      // ICE failed without this side ever gathering a candidate: Firefox 153 in proxy-only
+      // mode (Tor Browser's and Mullvad Browser's setting, behind a proxy) fails this way and
+      // leaves its gathering state at 'new'. A restart cannot help; say so.
+      this.mesh._fire('no-candidates', { peer: this.peer });
+    } else if (state === 'failed') {
       this.restartIce();
     } else if (state === 'disconnected') {
       this.disconnectTimer = setTimeout(() => {
