@@ -4,6 +4,7 @@ into emits. A blind relay: payloads are routed, never read, never logged."""
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import re
 from collections.abc import Callable
@@ -32,14 +33,21 @@ def no_turn_ice(_peer_id: str, _host: str) -> dict[str, Any]:
 
 RESERVED_EVENTS = frozenset({"connect", "disconnect", "connect_error", "disconnecting",
                              "newListener", "removeListener"})
+# Event names python-socketio gives a meaning of its own: "*" names the catch-all handler (an
+# event called "*" would be handed to it without its name, every argument shifted by one, so the
+# payload became the socket to act for and to answer), "connect"/"disconnect" name the
+# connection handlers. Sent by a client they are just names the protocol does not know.
+LIBRARY_EVENT_NAMES = RESERVED_EVENTS | {"*"}
 MAX_ATTACHMENTS = 4  # binary attachments one socket.io packet may announce
 _BINARY_HEADER = re.compile(r"^[56](\d{1,6})-")
 
 
 class GuardedServer(socketio.AsyncServer):
     """``AsyncServer`` that answers a malformed socket.io packet with a ``bad_request`` error
-    instead of an exception in the library, and refuses packets announcing more binary
-    attachments than the protocol uses (which would otherwise buffer without bound)."""
+    instead of an exception in the library, refuses packets announcing more binary attachments
+    than the protocol uses (which would otherwise buffer without bound), hands events named like
+    the library's own handlers to the catch-all handler like any other unknown name, and closes
+    a connection that sends an event on a namespace it is not in."""
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         if isinstance(data, str) and data[:1] in ("5", "6"):
@@ -54,23 +62,56 @@ class GuardedServer(socketio.AsyncServer):
             await self._malformed(eio_sid, "malformed packet")
 
     async def _handle_event(self, eio_sid: str, namespace: Any, id: Any, data: Any) -> None:
-        # A client may name an event "connect" or "disconnect"; the library would hand it to
-        # our connection handlers. Such names are the server's, never a client's.
-        if isinstance(data, list) and data and data[0] in RESERVED_EVENTS:
-            sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
-            if sid is not None:
-                await self.emit("error", {"code": "unknown_event", "message": "unknown event",
-                                          "event": "?"}, to=sid, namespace=namespace)
+        namespace = namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self.manager.is_connected(sid, namespace):
+            # An event on a namespace this connection is not in (never connected to it, or left
+            # it with a disconnect packet): there is no socket to answer on, and the library
+            # would drop it without a word. Like Socket.IO's reference server ("invalid
+            # state"), close the connection.
+            await self.eio.disconnect(eio_sid)
+            return
+        # An event's payload is a non-empty array headed by the event's name. The library would
+        # take anything else as one (a JSON string is indexed character by character: its first
+        # character became the event's name, the others its arguments).
+        if not (isinstance(data, list) and data and isinstance(data[0], str)):
+            await self._malformed(eio_sid, "malformed packet", namespace, id)
             return
         await super()._handle_event(eio_sid, namespace, id, data)
 
-    async def _malformed(self, eio_sid: str, message: str) -> None:
-        sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+    async def _handle_event_internal(self, server: Any, sid: str, eio_sid: str, data: list,
+                                     namespace: str, id: Any) -> None:
+        if data[0] not in LIBRARY_EVENT_NAMES:
+            await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+            return
+        # never the handler registered under that name: the catch-all, with the name first
+        handler = self.handlers.get(namespace, {}).get("*")
+        if handler is None:
+            return
+        reply = handler(data[0], sid, *data[1:])
+        if inspect.isawaitable(reply):
+            reply = await reply
+        if id is not None:
+            await self._ack(eio_sid, namespace, id, reply)
+
+    async def _ack(self, eio_sid: str, namespace: str, id: Any, reply: Any) -> None:
+        await self._send_packet(eio_sid, self.packet_class(
+            socketio.packet.ACK, namespace=namespace, id=id,
+            data=[] if reply is None else [reply]))
+
+    async def _malformed(self, eio_sid: str, message: str, namespace: Any = None,
+                         id: Any = None) -> None:
+        """Answers a packet that could not be taken as an event (in its ack too, when the packet
+        asked for one), within the connection's rate limit."""
+        namespace = namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is not None:
             hook = getattr(self, "on_malformed", None)
             if hook is None or hook(sid):
-                await self.emit("error", {"code": "bad_request", "message": message,
-                                          "event": "?"}, to=sid)
+                err = {"code": "bad_request", "message": message, "event": "?"}
+                await self.emit("error", err, to=sid, namespace=namespace)
+                if id is not None:
+                    await self._ack(eio_sid, namespace, id, {"ok": False, "error": err})
 
 
 @dataclass
@@ -198,6 +239,7 @@ class Signaling:
             **self._ice_for(sid, peer_id),
             "media": self.media,
             "mediaRelay": self._relay_receivers(room.id),
+            "mediaRelayFrom": self._receivers_note(room.id)["from"],
         }
 
     async def _create(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
@@ -285,9 +327,14 @@ class Signaling:
         return list(relay.receivers) if relay else []
 
     async def _announce_receivers(self, room_id: str) -> None:
-        await self.sio.emit("media/receivers", {"room": room_id,
-                                                "peers": self._relay_receivers(room_id)},
-                            room=room_id)
+        await self.sio.emit("media/receivers", self._receivers_note(room_id), room=room_id)
+
+    def _receivers_note(self, room_id: str) -> dict[str, Any]:
+        """``{room, peers, from}``: who receives through the relay; ``from`` maps the receivers
+        that want only some senders to those senders (a sender records only when wanted)."""
+        relay = self.relays.get(room_id)
+        return {"room": room_id, "peers": self._relay_receivers(room_id),
+                "from": relay.restricted() if relay else {}}
 
     async def _media_need(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
         room, peer = self.registry.member(f["room"], sid)
@@ -298,16 +345,20 @@ class Signaling:
                 relay = self.relays[room.id] = RoomRelay(
                     room_kbps=m.relay_room_kbps, max_chunks=m.relay_queue_chunks,
                     max_delay=m.relay_max_delay_ms / 1000, window=m.relay_window)
-            changed = peer.id not in relay.receivers
-            relay.add_receiver(peer.id).reset_flight()
+            q = relay.receivers.get(peer.id)
+            only = f.get("from")
+            changed = q is None or q.only != only
+            relay.add_receiver(peer.id, only).reset_flight()
         else:
-            changed = relay is not None and relay.remove_peer(peer.id)
+            # it stops receiving; what it sends others still goes out
+            changed = relay is not None and relay.stop_receiving(peer.id)
             if relay is not None and not relay.receivers:
                 del self.relays[room.id]
         if changed:
             log.debug("media relay receivers changed (%d)", len(self._relay_receivers(room.id)))
             await self._announce_receivers(room.id)
-        return {"receivers": self._relay_receivers(room.id)}
+        note = self._receivers_note(room.id)
+        return {"receivers": note["peers"], "from": note["from"]}
 
     async def _media(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
         room, peer = self.registry.member(f["room"], sid)

@@ -890,3 +890,54 @@ async def test_event_named_star_is_an_unknown_event(peers):
         assert isinstance(ack, dict) and ack.get("ok") is False, (payload, ack)
         assert ack["error"]["code"] == "unknown_event", (payload, ack)
         assert x.sid not in repr(ack), f"the ack carries the socket id: {ack!r}"
+
+
+async def test_event_packet_that_is_not_an_array_is_a_bad_request(shared_server: LiveServer):
+    """An event packet's payload is ``[name, ...args]``. A bare JSON string must not be taken
+    as one (python-socketio would index it: ``"abc"`` became event ``a`` with arguments ``b``,
+    ``c``); it and other shapes are answered ``bad_request``, in the ack the packet asked for."""
+    async with RawSocketIO(shared_server) as raw:
+        await raw.handshake()
+        for i, body in enumerate(['"join"', '"\\u00f2\\u00cd\\u00fa"', "[]", "[null]", "[7]",
+                                  '[{"a": 1}]', '{"0": "join"}', "true"], start=700):
+            await raw.send(f"42{i}{body}")
+            prefix = f"43{i}["
+            while True:
+                frame = await raw.recv()
+                assert frame is not None, f"closed after {body!r}"
+                if isinstance(frame, str) and frame.startswith(prefix):
+                    break
+                assert frame == '42["error",{"code":"bad_request","message":"malformed packet",' \
+                                '"event":"?"}]', (body, frame)
+            ack = json.loads(frame[len(prefix) - 1:])[0]
+            assert ack == {"ok": False, "error": {"code": "bad_request",
+                                                  "message": "malformed packet",
+                                                  "event": "?"}}, (body, ack)
+        # the connection still works
+        ack = await raw.call("nonsense", {})
+        assert ack["error"]["code"] == "unknown_event", ack
+
+
+@pytest.mark.parametrize("frames", [["41", "42990" + json.dumps(["nonsense", {}])],
+                                    ["42/x,990" + json.dumps(["nonsense", {}])]],
+                         ids=["after-leaving-the-namespace", "namespace-never-joined"])
+async def test_event_on_a_namespace_the_connection_is_not_in_closes_it(
+        shared_server: LiveServer, peers, frames):
+    """There is no socket to answer such an event on; rather than dropping it without a word
+    (python-socketio's default) the server ends the session, as Socket.IO's reference server
+    does, and the client's room sees it leave."""
+    a = await peers.new("A")
+    room = (await a.create())["room"]
+    async with RawSocketIO(shared_server) as raw:
+        await raw.handshake()
+        ack = await raw.call("join", {"room": room})
+        me = ack["peer"]
+        for frame in frames:
+            await raw.send(frame)
+        while True:
+            frame = await raw.recv(timeout=5)
+            if frame is None or frame == "1":  # the websocket, or the Engine.IO session, closed
+                break
+            assert not (isinstance(frame, str) and frame.startswith("43990")), frame
+    ev = await a.next("left", peer=me, timeout=5)
+    assert ev["reason"] == "disconnected", ev
