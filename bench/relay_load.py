@@ -1,0 +1,685 @@
+"""Benchmark: relay throughput, relay latency and memory of one signaling server process under
+many socket.io clients in small rooms. Not a test: it prints numbers.
+
+    .venv/bin/python bench/relay_load.py [--clients 1000] [--rooms-of 4] [--rate 1]
+                                         [--seconds 20] [--warmup 5] [--procs N] [--json]
+
+Starts the real server (``incognito-onion up --no-tor --no-turn`` on 127.0.0.1, its own
+--state-dir, limits raised only as far as the load needs) and spreads the clients over --procs
+generator processes (this same script, ``--worker``), each running python-socketio
+``AsyncClient`` s over WebSocket only, sharing one aiohttp session. A room is whole inside one
+generator: one client sends ``create``, the others ``join``. Then every client sends ``message``
+``{room, data}`` with an acknowledgement at --rate per second (fixed schedule, random phase;
+open loop: a late send is not skipped), ``data`` being an opaque base64url string of --size
+characters whose first 24 carry the send time (CLOCK_MONOTONIC, system-wide on Linux), the
+sender and a sequence number. Receivers take relay latency = receive time - embedded send time.
+
+Only messages sent inside the measurement window (after --warmup, for --seconds) count; after
+the window the generators stop sending and wait --drain seconds for stragglers, so "delivered"
+and "lost" are exact for the window. Latency includes the generators' own event-loop delays:
+the server's and each generator's CPU% over the window (and the generators' send lag behind
+schedule) say which side was the bottleneck. Server RSS is sampled before any client, with
+every client connected and in its room but idle, and at the end of the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import base64
+import contextlib
+import gc
+import json
+import math
+import os
+import random
+import signal
+import struct
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# embedded in the first 24 characters of every payload: send time (monotonic ns), sender index,
+# sequence number, a magic number (18 bytes -> exactly 24 base64 characters, no padding)
+HEAD = struct.Struct(">QIIH")
+MAGIC = 0xB3E7
+HEAD_CHARS = 24
+B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def encode(t_ns: int, idx: int, seq: int, pad: str) -> str:
+    head = HEAD.pack(t_ns, idx, seq & 0xFFFFFFFF, MAGIC)
+    return base64.urlsafe_b64encode(head).decode("ascii") + pad
+
+
+def decode(data: str) -> tuple[int, int, int] | None:
+    try:
+        t_ns, idx, seq, magic = HEAD.unpack(base64.urlsafe_b64decode(data[:HEAD_CHARS]))
+    except (ValueError, TypeError, struct.error):
+        return None
+    return (t_ns, idx, seq) if magic == MAGIC else None
+
+
+def pct(values, p: float) -> float:
+    """Percentile with linear interpolation over sorted ``values`` (nan when empty)."""
+    if not values:
+        return math.nan
+    k = (len(values) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: SIGKILL when this script dies (Linux), so nothing is left
+    behind even if the orchestrator is killed outright."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+# ----------------------------------------------------------------------------------------------
+# generator process (--worker): its share of the clients, driven by JSON lines on stdin/stdout
+# ----------------------------------------------------------------------------------------------
+
+
+class Worker:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.rng = random.Random(args.first)
+        self.clients: list = []
+        self.room_of: dict[int, tuple[str, int]] = {}  # client index -> (room id, room size)
+        self.window = (0, 0)
+        self.stopping = False
+        # counters
+        self.connect_failed: Counter = Counter()
+        self.setup_failed: Counter = Counter()
+        self.error_events: Counter = Counter()
+        self.ack_failed: Counter = Counter()
+        self.acks_ok = 0
+        self.sent_total = 0
+        self.emit_failed = 0
+        self.disconnects = 0
+        self.sent_window = 0
+        self.expected_window = 0
+        self.delivered_window = 0
+        self.delivered_total = 0
+        self.corrupt = 0
+        self.latencies = array.array("f")  # ms, messages sent inside the window
+        self.lag = array.array("f")  # ms behind schedule at each send inside the window
+        self.stalls = array.array("f")  # ms this event loop overslept a 10 ms timer, in the window
+
+    def say(self, **msg) -> None:
+        sys.stdout.write(json.dumps(msg) + "\n")
+        sys.stdout.flush()
+
+    async def command(self) -> dict:
+        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        if not line:
+            raise SystemExit(0)  # the orchestrator is gone
+        return json.loads(line)
+
+    def make_client(self, idx: int, session):
+        import socketio
+
+        sio = socketio.AsyncClient(reconnection=False, handle_sigint=False, http_session=session)
+
+        @sio.on("message")
+        def on_message(payload) -> None:
+            now = time.monotonic_ns()
+            got = decode(payload.get("data", "")) if isinstance(payload, dict) else None
+            if got is None:
+                self.corrupt += 1
+                return
+            self.delivered_total += 1
+            t_ns = got[0]
+            if self.window[0] <= t_ns < self.window[1]:
+                self.delivered_window += 1
+                self.latencies.append((now - t_ns) / 1e6)
+
+        @sio.on("error")
+        def on_error(payload=None) -> None:
+            code = payload.get("code") if isinstance(payload, dict) else None
+            self.error_events[str(code)] += 1
+
+        @sio.on("disconnect")
+        def on_disconnect(*_reason) -> None:
+            if not self.stopping:
+                self.disconnects += 1
+
+        return sio
+
+    async def setup(self) -> None:
+        import aiohttp
+
+        a = self.args
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self.session = session
+        self.clients = [self.make_client(a.first + i, session) for i in range(a.clients)]
+        gate = asyncio.Semaphore(a.concurrency)
+        connected: list[bool] = [False] * a.clients
+
+        async def connect(i: int) -> None:
+            async with gate:
+                try:
+                    await self.clients[i].connect(a.base, transports=["websocket"],
+                                                  wait_timeout=30, retry=False)
+                    connected[i] = True
+                except Exception as exc:
+                    self.connect_failed[str(exc)[:80] or type(exc).__name__] += 1
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(connect(i) for i in range(a.clients)))
+        t_connect = time.monotonic() - t0
+
+        meta = "".join(self.rng.choice(B64) for _ in range(64))  # an encrypted display name
+
+        async def call(i: int, event: str, payload: dict) -> dict | None:
+            try:
+                ack = await self.clients[i].call(event, payload, timeout=30)
+            except Exception as exc:
+                self.setup_failed[f"{event}: {type(exc).__name__}"] += 1
+                return None
+            if not (isinstance(ack, dict) and ack.get("ok") is True):
+                code = ack.get("error", {}).get("code") if isinstance(ack, dict) else ack
+                self.setup_failed[f"{event}: {code}"] += 1
+                return None
+            return ack
+
+        async def room(members: list[int]) -> None:
+            async with gate:
+                members = [i for i in members if connected[i]]
+                if not members:
+                    return
+                ack = await call(members[0], "create", {"meta": meta})
+                if ack is None:
+                    return
+                room_id = ack["room"]
+                inside = [members[0]]
+                for i in members[1:]:
+                    if await call(i, "join", {"room": room_id, "meta": meta}) is not None:
+                        inside.append(i)
+                for i in inside:
+                    self.room_of[i] = (room_id, len(inside))
+
+        t0 = time.monotonic()
+        groups = [list(range(s, min(s + a.rooms_of, a.clients)))
+                  for s in range(0, a.clients, a.rooms_of)]
+        await asyncio.gather(*(room(g) for g in groups))
+        t_rooms = time.monotonic() - t0
+        rooms = len({r for r, _ in self.room_of.values()})
+        self.say(event="ready", connected=sum(connected), in_rooms=len(self.room_of), rooms=rooms,
+                 t_connect=t_connect, t_rooms=t_rooms, connect_failed=self.connect_failed,
+                 setup_failed=self.setup_failed)
+
+    async def sender(self, i: int, start_ns: int, stop_ns: int) -> None:
+        room_id, size = self.room_of[i]
+        sio = self.clients[i]
+        idx = self.args.first + i
+        pad = "".join(self.rng.choice(B64) for _ in range(max(0, self.args.size - HEAD_CHARS)))
+        period = int(1e9 / self.args.rate)
+        due = start_ns + int(self.rng.random() * period)
+        seq = 0
+        w0, w1 = self.window
+
+        def on_ack(reply=None, *_rest) -> None:
+            if isinstance(reply, dict) and reply.get("ok") is True:
+                self.acks_ok += 1
+            else:
+                code = reply.get("error", {}).get("code") if isinstance(reply, dict) else reply
+                self.ack_failed[str(code)] += 1
+
+        while due < stop_ns:
+            delay = due - time.monotonic_ns()
+            if delay > 0:
+                await asyncio.sleep(delay / 1e9)
+            now = time.monotonic_ns()
+            if not sio.connected:
+                return
+            try:
+                await sio.emit("message", {"room": room_id, "data": encode(now, idx, seq, pad)},
+                               callback=on_ack)
+            except Exception:
+                self.emit_failed += 1
+            else:
+                self.sent_total += 1
+                if w0 <= now < w1:
+                    self.sent_window += 1
+                    self.expected_window += size - 1
+                    self.lag.append((now - due) / 1e6)
+            seq += 1
+            due += period
+
+    async def watch_loop(self) -> None:
+        """How late this event loop wakes up: the generator's own share of the latency."""
+        w0, w1 = self.window
+        await asyncio.sleep(max(0.0, (w0 - time.monotonic_ns()) / 1e9))
+        while True:
+            t = time.monotonic_ns()
+            if t >= w1:
+                return
+            await asyncio.sleep(0.01)
+            self.stalls.append(max(0.0, (time.monotonic_ns() - t) / 1e6 - 10))
+
+    async def run(self, cmd: dict) -> None:
+        self.window = (cmd["window_start"], cmd["window_end"])
+        await asyncio.gather(self.watch_loop(), *(
+            self.sender(i, cmd["start"], cmd["window_end"]) for i in self.room_of))
+        await asyncio.sleep(max(0.0, (cmd["window_end"] - time.monotonic_ns()) / 1e9)
+                            + self.args.drain)
+        Path(self.args.out + ".lat").write_bytes(self.latencies.tobytes())
+        Path(self.args.out + ".lag").write_bytes(self.lag.tobytes())
+        Path(self.args.out + ".stall").write_bytes(self.stalls.tobytes())
+        self.say(event="done", sent_total=self.sent_total, sent_window=self.sent_window,
+                 expected_window=self.expected_window, delivered_window=self.delivered_window,
+                 delivered_total=self.delivered_total, acks_ok=self.acks_ok,
+                 ack_failed=self.ack_failed, ack_missing=self.sent_total - self.acks_ok
+                 - sum(self.ack_failed.values()), emit_failed=self.emit_failed,
+                 error_events=self.error_events, disconnects=self.disconnects,
+                 corrupt=self.corrupt, connected_at_end=sum(c.connected for c in self.clients))
+
+    async def close(self) -> None:
+        self.stopping = True
+        gate = asyncio.Semaphore(self.args.concurrency)
+
+        async def bye(c) -> None:
+            async with gate:
+                if c.connected:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(c.disconnect(), 5)
+
+        await asyncio.gather(*(bye(c) for c in self.clients))
+        await self.session.close()
+
+    async def main(self) -> None:
+        await self.setup()
+        # the clients' long-lived objects out of the collector's sight: a full collection over
+        # 500+ clients stalls this loop for tens of ms and would show up as relay latency
+        gc.collect()
+        gc.freeze()
+        try:
+            while True:
+                cmd = await self.command()
+                if cmd["cmd"] == "run":
+                    await self.run(cmd)
+                elif cmd["cmd"] == "quit":
+                    break
+        finally:
+            await self.close()
+        self.say(event="bye")
+
+
+# ----------------------------------------------------------------------------------------------
+# orchestrator: the server, the generators, the measurements, the report
+# ----------------------------------------------------------------------------------------------
+
+
+def server_env(args: argparse.Namespace, rooms: int) -> dict[str, str]:
+    """Default settings, except the limits this load would hit (ranges: incognito_onion/schema)."""
+    env = {
+        "INCOGNITO_LIMITS_MAX_CONNECTIONS": str(max(10000, args.clients + 100)),
+        "INCOGNITO_ROOMS_MAX_ROOMS": str(max(1000, rooms + 10)),
+        "INCOGNITO_ROOMS_CAPACITY": str(min(50, max(6, args.rooms_of))),
+        "INCOGNITO_LIMITS_EVENTS_PER_SECOND": str(max(50.0, 4 * args.rate)),
+        "INCOGNITO_LIMITS_EVENT_BURST": str(max(200, int(8 * args.rate))),
+        "INCOGNITO_ROOMS_EMPTY_GRACE_SECONDS": "0",
+    }
+    for kv in args.env:
+        k, _, v = kv.partition("=")
+        env[k] = v
+    return env
+
+
+def tree_rss(proc) -> int:
+    import psutil
+
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+def cpu_seconds(proc) -> float:
+    import psutil
+
+    try:
+        t = proc.cpu_times()
+    except psutil.Error:
+        return math.nan
+    return t.user + t.system
+
+
+class Gen:
+    """One generator process."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, out: str, clients: int):
+        self.proc, self.out, self.clients = proc, out, clients
+        self.ready: dict = {}
+        self.done: dict = {}
+
+    async def send(self, **cmd) -> None:
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        await self.proc.stdin.drain()
+
+    async def expect(self, event: str, timeout: float) -> dict:
+        while True:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+            if not line:
+                raise RuntimeError(f"generator pid {self.proc.pid} exited "
+                                   f"({await self.proc.wait()}) before '{event}'")
+            with contextlib.suppress(ValueError):
+                msg = json.loads(line)
+                if msg.get("event") == event:
+                    return msg
+
+    def stop(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+
+
+def split_rooms(clients: int, rooms_of: int, procs: int) -> list[int]:
+    """Clients per generator, whole rooms each (the last room may be smaller)."""
+    rooms = math.ceil(clients / rooms_of)
+    shares, left = [], clients
+    for k in range(procs):
+        n = min(left, (rooms // procs + (1 if k < rooms % procs else 0)) * rooms_of)
+        shares.append(n)
+        left -= n
+    return [n for n in shares if n > 0]
+
+
+def merge(dicts: list[dict]) -> dict:
+    out: Counter = Counter()
+    for d in dicts:
+        out.update(d)
+    return dict(out)
+
+
+async def orchestrate(args: argparse.Namespace) -> dict:
+    import psutil
+
+    from tests.support.server import start_server
+
+    rooms_wanted = math.ceil(args.clients / args.rooms_of)
+    procs = args.procs or max(1, min(os.cpu_count() or 1, math.ceil(args.clients / 500)))
+    shares = split_rooms(args.clients, args.rooms_of, procs)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-relay-load-"))
+    env = server_env(args, rooms_wanted)
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    gens: list[Gen] = []
+    srv = None
+    res: dict = {"config": {"clients": args.clients, "rooms_of": args.rooms_of,
+                            "rate": args.rate, "seconds": args.seconds, "warmup": args.warmup,
+                            "size": args.size, "procs": len(shares), "cpus": os.cpu_count(),
+                            "server_env": env}}
+    try:
+        srv = start_server(tmp, env=env)
+        sp = psutil.Process(srv.pid)
+        log(f"server pid {srv.pid} on {srv.base}")
+        await asyncio.sleep(1.0)
+        rss_before = tree_rss(sp)
+
+        first = 0
+        t0 = time.monotonic()
+        for k, n in enumerate(shares):
+            out = str(tmp / f"gen{k}")
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--worker", "--base", srv.base, "--clients", str(n),
+                "--first", str(first), "--rooms-of", str(args.rooms_of), "--rate",
+                str(args.rate), "--size", str(args.size), "--drain", str(args.drain),
+                "--concurrency", str(args.concurrency), "--out", out,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                start_new_session=True, preexec_fn=_die_with_parent)
+            gens.append(Gen(proc, out, n))
+            first += n
+        log(f"{len(gens)} generator process(es): {', '.join(str(g.clients) for g in gens)} "
+            f"clients; connecting and joining rooms ...")
+        for g in gens:
+            g.ready = await g.expect("ready", 60 + args.clients / 10)
+        t_setup = time.monotonic() - t0
+        connected = sum(g.ready["connected"] for g in gens)
+        in_rooms = sum(g.ready["in_rooms"] for g in gens)
+        log(f"{connected} connected, {in_rooms} in {sum(g.ready['rooms'] for g in gens)} rooms "
+            f"in {t_setup:.1f} s; settling {args.settle:g} s")
+        await asyncio.sleep(args.settle)
+        rss_idle = tree_rss(sp)
+
+        gps = [psutil.Process(g.proc.pid) for g in gens]
+        ns = time.monotonic_ns()
+        start = ns + 300_000_000
+        w0 = start + int(args.warmup * 1e9)
+        w1 = w0 + int(args.seconds * 1e9)
+        for g in gens:
+            await g.send(cmd="run", start=start, window_start=w0, window_end=w1)
+        log(f"sending: {args.warmup:g} s warm-up, then {args.seconds:g} s measured")
+        await asyncio.sleep((w0 - time.monotonic_ns()) / 1e9)
+        cpu0 = (time.monotonic(), cpu_seconds(sp), [cpu_seconds(p) for p in gps],
+                psutil.cpu_times())
+        rss_peak = 0
+        while time.monotonic_ns() < w1:
+            rss_peak = max(rss_peak, tree_rss(sp))
+            await asyncio.sleep(min(0.5, max(0.0, (w1 - time.monotonic_ns()) / 1e9)))
+        cpu1 = (time.monotonic(), cpu_seconds(sp), [cpu_seconds(p) for p in gps],
+                psutil.cpu_times())
+        rss_end = tree_rss(sp)
+        rss_peak = max(rss_peak, rss_end)
+        for g in gens:
+            g.done = await g.expect("done", 60 + args.drain)
+        wall = cpu1[0] - cpu0[0]
+        server_cpu = 100 * (cpu1[1] - cpu0[1]) / wall
+        gen_cpu = [100 * (b - a) / wall for a, b in zip(cpu0[2], cpu1[2], strict=True)]
+        busy = [sum(getattr(c, f) for f in ("user", "nice", "system", "irq", "softirq",
+                                             "steal")) for c in (cpu0[3], cpu1[3])]
+        machine_cpu = 100 * (busy[1] - busy[0]) / wall
+        server_alive = srv.alive()
+
+        lat, lag, stall = array.array("f"), array.array("f"), array.array("f")
+        for g in gens:
+            for arr, ext in ((lat, ".lat"), (lag, ".lag"), (stall, ".stall")):
+                path = g.out + ext
+                arr.frombytes(Path(path).read_bytes())
+        lat = sorted(lat)
+        lag = sorted(lag)
+        stall = sorted(stall)
+        done = [g.done for g in gens]
+        total = lambda key: sum(d[key] for d in done)  # noqa: E731
+        errors = {
+            "connect_failed": merge([g.ready["connect_failed"] for g in gens]),
+            "setup_failed": merge([g.ready["setup_failed"] for g in gens]),
+            "error_events": merge([d["error_events"] for d in done]),
+            "acks_failed": merge([d["ack_failed"] for d in done]),
+            "acks_missing": total("ack_missing"),
+            "emit_failed": total("emit_failed"),
+            "disconnects": total("disconnects"),
+            "corrupt_payloads": total("corrupt"),
+        }
+        n_errors = (sum(errors["connect_failed"].values()) + sum(errors["setup_failed"].values())
+                    + sum(errors["error_events"].values()) + sum(errors["acks_failed"].values())
+                    + errors["acks_missing"] + errors["emit_failed"] + errors["disconnects"]
+                    + errors["corrupt_payloads"])
+        server_log = srv.output().splitlines()
+        mb = 1024 * 1024
+        res.update({
+            "clients_connected": connected,
+            "clients_in_rooms": in_rooms,
+            "rooms": sum(g.ready["rooms"] for g in gens),
+            "setup_seconds": round(t_setup, 2),
+            "connect_seconds": round(max(g.ready["t_connect"] for g in gens), 2),
+            "window_seconds": round(wall, 2),
+            "sent": total("sent_window"),
+            "expected_deliveries": total("expected_window"),
+            "delivered": total("delivered_window"),
+            "lost": total("expected_window") - total("delivered_window"),
+            "sent_per_s": round(total("sent_window") / args.seconds, 1),
+            "delivered_per_s": round(total("delivered_window") / args.seconds, 1),
+            "latency_ms": {"p50": pct(lat, 0.5), "p90": pct(lat, 0.9), "p99": pct(lat, 0.99),
+                           "max": lat[-1] if lat else math.nan, "samples": len(lat)},
+            "send_lag_ms": {"p50": pct(lag, 0.5), "p99": pct(lag, 0.99)},
+            "generator_loop_stall_ms": {"p99": pct(stall, 0.99),
+                                        "max": stall[-1] if stall else math.nan},
+            "errors": errors,
+            "errors_total": n_errors,
+            "server_rss_mb": {"before_clients": rss_before / mb, "clients_idle": rss_idle / mb,
+                              "end_of_load": rss_end / mb, "peak_during_load": rss_peak / mb},
+            "server_rss_mb_per_1000_idle_clients":
+                (rss_idle - rss_before) / mb / max(1, connected) * 1000,
+            "server_cpu_percent": server_cpu,
+            "generator_cpu_percent": gen_cpu,
+            "machine_cpu_percent": machine_cpu,
+            "other_processes_cpu_percent": max(0.0, machine_cpu - server_cpu - sum(gen_cpu)),
+            "server_alive_at_end": server_alive,
+            "server_log_warnings": sum(1 for ln in server_log
+                                       if " WARNING " in ln or " ERROR " in ln
+                                       or "Traceback" in ln),
+        })
+        res["bound"] = verdict(res)
+        for g in gens:
+            await g.send(cmd="quit")
+        for g in gens:
+            with contextlib.suppress(TimeoutError, RuntimeError):
+                await g.expect("bye", 30)
+    finally:
+        for g in gens:  # by PID; a clean run has already seen them exit
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(g.proc.wait(), 5 if g.done else 0.1)
+            g.stop()
+            await g.proc.wait()
+        if srv is not None:
+            code = srv.stop(check=False)
+            res["server_exit_code"] = code
+            log(f"server stopped (exit {code})")
+    return res
+
+
+def verdict(r: dict) -> str:
+    """Which side was CPU-bound over the window (85% of one core saturates a single-threaded
+    Python process), and whose stalls make the latency tail."""
+    cpus = r["config"]["cpus"] or 1
+    parts = []
+    if r["server_cpu_percent"] >= 85:
+        parts.append("server")
+    if any(c >= 85 for c in r["generator_cpu_percent"]):
+        parts.append("generator")
+    if r["machine_cpu_percent"] >= 90 * cpus:
+        parts.append("machine (all cores busy)")
+    out = (" + ".join(parts) + " CPU-bound") if parts else "neither side CPU-bound"
+    p99, stall = r["latency_ms"]["p99"], r["generator_loop_stall_ms"]["p99"]
+    if p99 == p99 and stall == stall and r["machine_cpu_percent"] < 90 * cpus:  # not nan
+        side = "server side" if stall < p99 / 4 else "partly the generators' own loop stalls"
+        out += f"; latency tail: {side}"
+    if r["other_processes_cpu_percent"] >= 25:
+        out += f"; other processes took {r['other_processes_cpu_percent']:.0f}%: noisy numbers"
+    return out
+
+
+def report(r: dict) -> str:
+    c = r["config"]
+    lat, lag, rss, e = r["latency_ms"], r["send_lag_ms"], r["server_rss_mb"], r["errors"]
+    st = r["generator_loop_stall_ms"]
+
+    def counts(d: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "0"
+
+    rows = [
+        ("clients connected", f"{r['clients_connected']} of {c['clients']} "
+         f"({r['clients_in_rooms']} in rooms; connect {r['connect_seconds']:.1f} s, "
+         f"setup {r['setup_seconds']:.1f} s)"),
+        ("rooms", f"{r['rooms']} of {c['rooms_of']} clients"),
+        ("load", f"{c['rate']:g} msg/s per client, {c['size']}-char payload, "
+         f"{c['warmup']:g} s warm-up + {c['seconds']:g} s measured, "
+         f"{c['procs']} generator process(es)"),
+        ("messages sent/s", f"{r['sent_per_s']:.1f}  ({r['sent']} in the window)"),
+        ("messages delivered/s", f"{r['delivered_per_s']:.1f}  ({r['delivered']} of "
+         f"{r['expected_deliveries']} expected, {r['lost']} lost)"),
+        ("relay latency p50", f"{lat['p50']:.2f} ms"),
+        ("relay latency p90", f"{lat['p90']:.2f} ms"),
+        ("relay latency p99", f"{lat['p99']:.2f} ms   (max {lat['max']:.1f} ms, "
+         f"{lat['samples']} samples)"),
+        ("generator send lag", f"p50 {lag['p50']:.2f} ms, p99 {lag['p99']:.2f} ms behind "
+         f"schedule"),
+        ("generator loop stalls", f"p99 {st['p99']:.1f} ms, max {st['max']:.1f} ms (late "
+         f"wake-ups of a 10 ms timer)"),
+        ("errors", f"{r['errors_total']}"),
+        ("  error events", counts(e["error_events"])),
+        ("  failed acks", f"{counts(e['acks_failed'])}; missing {e['acks_missing']}"),
+        ("  disconnects", f"{e['disconnects']}"),
+        ("  connect/setup failed", f"{counts(e['connect_failed'])}; "
+         f"{counts(e['setup_failed'])}"),
+        ("server RSS before clients", f"{rss['before_clients']:.1f} MB"),
+        ("server RSS clients idle", f"{rss['clients_idle']:.1f} MB"),
+        ("server RSS end of load", f"{rss['end_of_load']:.1f} MB "
+         f"(peak {rss['peak_during_load']:.1f} MB)"),
+        ("RSS per 1000 idle clients", f"{r['server_rss_mb_per_1000_idle_clients']:.1f} MB"),
+        ("server CPU", f"{r['server_cpu_percent']:.0f}% of one core"),
+        ("generator CPU", ", ".join(f"{x:.0f}%" for x in r["generator_cpu_percent"])
+         + " of one core each"),
+        ("machine CPU", f"{r['machine_cpu_percent']:.0f}% of {100 * c['cpus']}% "
+         f"({c['cpus']} cores; other processes {r['other_processes_cpu_percent']:.0f}%)"),
+        ("bottleneck", r["bound"]),
+    ]
+    if r.get("server_log_warnings") or r.get("server_exit_code") or not r["server_alive_at_end"]:
+        rows.append(("server", f"alive at end: {r['server_alive_at_end']}, exit "
+                     f"{r.get('server_exit_code')}, {r['server_log_warnings']} warning/error "
+                     f"log lines"))
+    width = max(len(k) for k, _ in rows)
+    head = (f"relay load: {c['clients']} clients in rooms of {c['rooms_of']}, one server "
+            f"process, 127.0.0.1")
+    return "\n".join([head, "-" * len(head), *(f"{k:<{width}}  {v}" for k, v in rows)])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=1000, help="socket.io clients (default 1000)")
+    ap.add_argument("--rooms-of", type=int, default=4, help="clients per room (default 4)")
+    ap.add_argument("--rate", type=float, default=1.0,
+                    help="messages per client per second (default 1)")
+    ap.add_argument("--seconds", type=float, default=20.0, help="measured duration (default 20)")
+    ap.add_argument("--warmup", type=float, default=5.0,
+                    help="seconds of load before measuring (default 5)")
+    ap.add_argument("--size", type=int, default=256,
+                    help="characters of opaque data per message (default 256, min 24)")
+    ap.add_argument("--procs", type=int, default=0,
+                    help="generator processes (default: one per 500 clients, at most one per "
+                         "CPU)")
+    ap.add_argument("--drain", type=float, default=2.0,
+                    help="seconds to wait for in-flight messages after the window (default 2)")
+    ap.add_argument("--settle", type=float, default=2.0,
+                    help="seconds idle after setup before the idle RSS sample (default 2)")
+    ap.add_argument("--concurrency", type=int, default=50,
+                    help="connects/room setups in flight per generator (default 50)")
+    ap.add_argument("--env", action="append", default=[], metavar="INCOGNITO_X=V",
+                    help="extra server environment (repeatable), e.g. to try other limits")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON only")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--base", help=argparse.SUPPRESS)
+    ap.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        asyncio.run(Worker(args).main())
+        return 0
+    if args.clients < 1 or args.rooms_of < 2 or args.rate <= 0 or args.seconds <= 0 \
+            or args.size < HEAD_CHARS:
+        ap.error("need --clients >= 1, --rooms-of >= 2, --rate > 0, --seconds > 0, --size >= 24")
+    try:
+        res = asyncio.run(orchestrate(args))
+    except KeyboardInterrupt:
+        print("interrupted; generators and server stopped", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(res, indent=2, default=str))
+    else:
+        print(report(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
