@@ -18,7 +18,7 @@ AUTOPLAY = {"media.autoplay.default": 0, "media.autoplay.blocking_policy": 0}
 TOR_LIKE = {
     "media.peerconnection.enabled": False,
     "media.navigator.enabled": False,
-    "privacy.resistFingerprinting": False,
+    "privacy.resistFingerprinting": True,
     **AUTOPLAY,
 }
 EBML = b"\x1a\x45\xdf\xa3"
