@@ -2,6 +2,11 @@
 
 Pure logic with no I/O: the signaling layer turns its results into socket.io emits. Peers are
 known to each other only by random peer ids; the connection id (``sid``) never leaves here.
+
+The rules that concern one room (who may join, resume, capacity, lock, host hand-over, when an
+empty room dies) are module functions over a :class:`Room` (:func:`admit`, :func:`depart`,
+:func:`require_host`, :func:`expired`), so the in-process :class:`Registry` and the Redis-backed
+store of several workers (``shared_rooms.py``) apply the very same rules.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class Peer:
     sid: str
     meta: str
     resume: str
+    node: str = ""  # the worker process holding the connection ("" with one process)
 
 
 @dataclass
@@ -110,10 +116,7 @@ class Registry:
         return room, room.peers[peer_id]
 
     def target(self, room: Room, peer_id: str) -> Peer:
-        peer = room.peers.get(peer_id)
-        if peer is None:
-            raise RoomError("peer_not_found", "no such peer in this room")
-        return peer
+        return target(room, peer_id)
 
     # -- changes -------------------------------------------------------------------------------
     def open_pinned(self) -> Room:
@@ -138,26 +141,11 @@ class Registry:
         room = self.get(room_id)
         if room_id in self._by_sid.get(sid, {}):
             raise RoomError("already_in_room", "you are already in this room")
-        if resume:
-            stale = next((p for p in room.peers.values()
-                          if hmac.compare_digest(p.resume, resume)), None)
-            if stale is not None:
-                self._check_per_connection(sid)
-                old_sid = stale.sid
-                self._unlink(old_sid, room.id)
-                stale.sid = sid
-                if meta:
-                    stale.meta = meta
-                self._by_sid.setdefault(sid, {})[room.id] = stale.id
-                return Joined(room, stale, resumed=True, replaced_sid=old_sid)
-        if room.locked:
-            raise RoomError("room_locked", "the host has locked this room")
-        if len(room.peers) >= room.capacity:
-            raise RoomError("room_full", f"this room is full ({len(room.peers)} of "
-                                         f"{room.capacity})")
-        self._check_per_connection(sid)
-        peer = self._add(room, sid, meta)
-        return Joined(room, peer, resumed=False, replaced_sid=None)
+        joined = admit(room, sid, meta, resume, lambda: self._check_per_connection(sid))
+        if joined.replaced_sid is not None:
+            self._unlink(joined.replaced_sid, room.id)
+        self._by_sid.setdefault(sid, {})[room.id] = joined.peer.id
+        return joined
 
     def leave(self, room_id: str, sid: str, reason: str = "left") -> Departure:
         room, peer = self.member(room_id, sid)
@@ -206,14 +194,7 @@ class Registry:
                             f"one connection can be in at most {self.per_connection} rooms")
 
     def _add(self, room: Room, sid: str, meta: str) -> Peer:
-        peer_id = ids.new_peer_id()
-        while peer_id in room.peers:
-            peer_id = ids.new_peer_id()
-        peer = Peer(id=peer_id, sid=sid, meta=meta, resume=ids.new_resume_token())
-        room.peers[peer.id] = peer
-        room.empty_since = None
-        if room.host is None:
-            room.host = peer.id
+        peer = add_peer(room, sid, meta)
         self._by_sid.setdefault(sid, {})[room.id] = peer.id
         return peer
 
@@ -225,24 +206,93 @@ class Registry:
                 del self._by_sid[sid]
 
     def _drop(self, room: Room, peer: Peer, reason: str) -> Departure:
-        del room.peers[peer.id]
+        dep = depart(room, peer, reason, self.clock(), self.empty_grace)
         self._unlink(peer.sid, room.id)
-        new_host = None
-        if room.host == peer.id:
-            room.host = next(iter(room.peers), None)
-            new_host = room.host
-        closed = False
-        if not room.peers:
-            room.empty_since = self.clock()
-            if not room.pinned and self.empty_grace <= 0:
-                del self.rooms[room.id]
-                closed = True
-        return Departure(room, peer, reason, new_host, closed)
+        if dep.room_closed:
+            del self.rooms[room.id]
+        return dep
 
     def _require_host(self, room: Room, peer: Peer) -> None:
-        if room.host != peer.id:
-            raise RoomError("not_host", "only the host can do that")
+        require_host(room, peer)
 
     def _expired(self, room: Room) -> bool:
-        return (not room.pinned and not room.peers and room.empty_since is not None
-                and self.clock() - room.empty_since >= self.empty_grace)
+        return expired(room, self.clock(), self.empty_grace)
+
+
+# -- the rules of one room (pure; shared by Registry and shared_rooms.SharedRooms) --------------
+
+def add_peer(room: Room, sid: str, meta: str, node: str = "") -> Peer:
+    """A new peer with fresh random ids; the first peer of a room without host becomes host."""
+    peer_id = ids.new_peer_id()
+    while peer_id in room.peers:
+        peer_id = ids.new_peer_id()
+    peer = Peer(id=peer_id, sid=sid, meta=meta, resume=ids.new_resume_token(), node=node)
+    room.peers[peer.id] = peer
+    room.empty_since = None
+    if room.host is None:
+        room.host = peer.id
+    return peer
+
+
+def admit(room: Room, sid: str, meta: str, resume: str | None,
+          check_slots: Callable[[], None], node: str = "") -> Joined:
+    """Lets connection ``sid`` into ``room``: takes over the peer whose ``resume`` token it
+    holds (even in a locked room), else refuses a locked or full room, else adds a new peer.
+    ``check_slots`` raises ``too_many_rooms`` when the connection may not be in one room more."""
+    if resume:
+        stale = next((p for p in room.peers.values()
+                      if hmac.compare_digest(p.resume, resume)), None)
+        if stale is not None:
+            check_slots()
+            old_sid = stale.sid
+            stale.sid = sid
+            stale.node = node
+            if meta:
+                stale.meta = meta
+            return Joined(room, stale, resumed=True, replaced_sid=old_sid)
+    if room.locked:
+        raise RoomError("room_locked", "the host has locked this room")
+    if len(room.peers) >= room.capacity:
+        raise RoomError("room_full", f"this room is full ({len(room.peers)} of "
+                                     f"{room.capacity})")
+    check_slots()
+    return Joined(room, add_peer(room, sid, meta, node), resumed=False, replaced_sid=None)
+
+
+def depart(room: Room, peer: Peer, reason: str, now: float, empty_grace: float) -> Departure:
+    """``peer`` leaves ``room``: the host role moves to the oldest remaining peer; an empty room
+    starts its grace period, or closes at once (``room_closed``) when there is none and it is
+    not pinned. The caller forgets a closed room."""
+    del room.peers[peer.id]
+    new_host = None
+    if room.host == peer.id:
+        room.host = next(iter(room.peers), None)
+        new_host = room.host
+    closed = False
+    if not room.peers:
+        room.empty_since = now
+        closed = not room.pinned and empty_grace <= 0
+    return Departure(room, peer, reason, new_host, closed)
+
+
+def find_sid(room: Room, sid: str) -> Peer | None:
+    """The peer connection ``sid`` holds in ``room``, if any."""
+    return next((p for p in room.peers.values() if p.sid == sid), None)
+
+
+def require_host(room: Room, peer: Peer) -> None:
+    if room.host != peer.id:
+        raise RoomError("not_host", "only the host can do that")
+
+
+def target(room: Room, peer_id: str) -> Peer:
+    peer = room.peers.get(peer_id)
+    if peer is None:
+        raise RoomError("peer_not_found", "no such peer in this room")
+    return peer
+
+
+def expired(room: Room, now: float, empty_grace: float) -> bool:
+    """An empty, unpinned room whose grace period has run out."""
+    return (not room.pinned and not room.peers and room.empty_since is not None
+            and now - room.empty_since >= empty_grace)

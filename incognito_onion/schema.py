@@ -50,6 +50,13 @@ SETTINGS: tuple[Setting, ...] = (
     _s("server.host", "str", "127.0.0.1",
        "address the web server binds to; keep 127.0.0.1 when publishing through tor"),
     _s("server.port", "int", 8080, "TCP port of the web server", min=1, max=65535),
+    _s("server.workers", "int", 1,
+       "server processes sharing the port; above 1 they share rooms through a private "
+       "redis-server (Debian package redis-server), websocket only, no onion media relay",
+       min=1, max=64),
+    _s("server.redis_binary", "str", "redis-server",
+       "the redis-server executable started when server.workers is above 1 (Debian package "
+       "redis-server)"),
     _s("server.ping_interval", "float", 4.0,
        "seconds between socket.io pings to each browser", min=1, max=120),
     _s("server.ping_timeout", "float", 6.0,

@@ -18,6 +18,7 @@ from .limits import Throttle, TokenBucket
 from .media_relay import Chunk, RoomRelay, StreamKey
 from .protocol import parse
 from .rooms import Departure, Registry, Room, RoomError
+from .shared_rooms import LocalRooms
 
 log = logging.getLogger("incognito_onion.signaling")
 
@@ -125,7 +126,8 @@ class Signaling:
     """Owns the ``socketio.AsyncServer`` and the room :class:`Registry`."""
 
     def __init__(self, cfg: Config, registry: Registry | None = None,
-                 ice: IceProvider = no_turn_ice):
+                 ice: IceProvider = no_turn_ice, rooms: Any = None,
+                 client_manager: Any = None):
         self.cfg = cfg
         self.ice = ice
         self.registry = registry or Registry(
@@ -134,6 +136,10 @@ class Signaling:
             per_connection=cfg.rooms.per_connection,
             empty_grace=cfg.rooms.empty_grace_seconds,
         )
+        # where room state lives: this process, or Redis shared by every worker (several
+        # workers: shared_rooms.SharedRooms, with client_manager an AsyncRedisManager)
+        self.rooms = rooms if rooms is not None else LocalRooms(self.registry)
+        self.shared = bool(getattr(self.rooms, "shared", False))
         self.max_bytes: int = cfg.limits.max_payload_bytes
         self.media = {"uploadKbps": cfg.media.upload_kbps,
                       "minVideoKbps": cfg.media.min_video_kbps}
@@ -142,6 +148,10 @@ class Signaling:
         self.conns: dict[str, _Conn] = {}
         self.sio = GuardedServer(
             async_mode="aiohttp",
+            # several workers: events cross processes through Redis; websocket only, since the
+            # requests of one long-polling session could reach different workers
+            client_manager=client_manager,
+            transports=["websocket"] if client_manager is not None else None,
             ping_interval=cfg.server.ping_interval,
             ping_timeout=cfg.server.ping_timeout,
             # a whole packet may carry a few opaque fields (or one media chunk); anything
@@ -184,8 +194,7 @@ class Signaling:
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
         self.conns.pop(sid, None)
         try:
-            for dep in self.registry.disconnect(sid):
-                await self._announce_departure(dep)
+            await self.announce_departures(await self.rooms.disconnect(sid))
         except Exception:  # never let bookkeeping kill the server
             log.exception("error while handling a disconnect")
 
@@ -243,13 +252,13 @@ class Signaling:
         }
 
     async def _create(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        joined = self.registry.create(sid, f.get("meta", ""))
+        joined = await self.rooms.create(sid, f.get("meta", ""))
         await self.sio.enter_room(sid, joined.room.id)
-        log.info("room created (%d open)", len(self.registry))
+        log.info("room created (%d open)", await self.rooms.count())
         return self._welcome(sid, joined.room, joined.peer.id, joined.peer.resume)
 
     async def _join(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        joined = self.registry.join(f["room"], sid, f.get("meta", ""), f.get("resume"))
+        joined = await self.rooms.join(f["room"], sid, f.get("meta", ""), f.get("resume"))
         room, peer = joined.room, joined.peer
         if joined.replaced_sid is not None:
             await self.sio.leave_room(joined.replaced_sid, room.id)
@@ -265,45 +274,51 @@ class Signaling:
         return self._welcome(sid, room, peer.id, peer.resume)
 
     async def _message(self, sid: str, ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        room, peer = self.registry.member(f["room"], sid)
+        room, peer = await self.rooms.member(f["room"], sid)
         await self.sio.emit(ev, {"room": room.id, "from": peer.id, "data": f["data"]},
                             room=room.id, skip_sid=sid)
         return {}
 
     async def _share(self, sid: str, ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        room, peer = self.registry.member(f["room"], sid)
+        room, peer = await self.rooms.member(f["room"], sid)
         await self.sio.emit(ev, {"room": room.id, "from": peer.id, "data": f.get("data")},
                             room=room.id, skip_sid=sid)
         return {}
 
     async def _connection(self, sid: str, ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        room, peer = self.registry.member(f["room"], sid)
-        target = self.registry.target(room, f["to"])
+        room, peer = await self.rooms.member(f["room"], sid)
+        target = self.rooms.target(room, f["to"])
         await self.sio.emit(ev, {"room": room.id, "from": peer.id, "data": f["data"]},
                             to=target.sid)
         return {}
 
     async def _leave(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        dep = self.registry.leave(f["room"], sid)
+        dep = await self.rooms.leave(f["room"], sid)
         await self.sio.leave_room(sid, dep.room.id)
         await self._announce_departure(dep)
         return {}
 
     async def _lock(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        room = self.registry.lock(f["room"], sid, f["locked"])
+        room = await self.rooms.lock(f["room"], sid, f["locked"])
         await self.sio.emit("locked", {"room": room.id, "locked": room.locked}, room=room.id)
         return {"locked": room.locked}
 
     async def _remove(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        dep = self.registry.remove(f["room"], sid, f["peer"])
+        dep = await self.rooms.remove(f["room"], sid, f["peer"])
         await self.sio.leave_room(dep.peer.sid, dep.room.id)
         await self.sio.emit("removed", {"room": dep.room.id}, to=dep.peer.sid)
         await self._announce_departure(dep)
         return {}
 
     async def _ice(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        _room, peer = self.registry.member(f["room"], sid)
+        _room, peer = await self.rooms.member(f["room"], sid)
         return self._ice_for(sid, peer.id)
+
+    async def announce_departures(self, deps: list[Departure]) -> None:
+        """Tells the rooms about peers that left (a disconnect, or the sweep's: a stopped
+        worker's peers)."""
+        for dep in deps:
+            await self._announce_departure(dep)
 
     async def _announce_departure(self, dep: Departure) -> None:
         rid = dep.room.id
@@ -314,7 +329,7 @@ class Signaling:
         if was_receiver and not dep.room_closed:
             await self._announce_receivers(rid)
         if dep.room_closed:
-            log.info("room closed (%d open)", len(self.registry))
+            log.info("room closed (%d open)", await self.rooms.count())
             return
         await self.sio.emit("left", {"room": rid, "peer": dep.peer.id, "reason": dep.reason},
                             room=rid)
@@ -337,7 +352,10 @@ class Signaling:
                 "from": relay.restricted() if relay else {}}
 
     async def _media_need(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        room, peer = self.registry.member(f["room"], sid)
+        room, peer = await self.rooms.member(f["room"], sid)
+        if self.shared and f["need"]:
+            # the relay's per-receiver queues and acks live in one process
+            raise RoomError("relay_unavailable", "the onion media relay needs server.workers: 1")
         m = self.cfg.media
         relay = self.relays.get(room.id)
         if f["need"]:
@@ -361,7 +379,7 @@ class Signaling:
         return {"receivers": note["peers"], "from": note["from"]}
 
     async def _media(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        room, peer = self.registry.member(f["room"], sid)
+        room, peer = await self.rooms.member(f["room"], sid)
         relay = self.relays.get(room.id)
         if relay is None:
             return {"relayed": 0}
@@ -373,8 +391,8 @@ class Signaling:
         return {"relayed": 0 if routed.capped else len(routed.receivers)}
 
     async def _media_keyframe(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        room, peer = self.registry.member(f["room"], sid)
-        target = self.registry.target(room, f["to"])
+        room, peer = await self.rooms.member(f["room"], sid)
+        target = self.rooms.target(room, f["to"])
         relay = self.relays.get(room.id)
         if relay is not None and relay.want_key((target.id, f["stream"])):
             await self.sio.emit("media/keyframe", {"room": room.id, "from": peer.id,

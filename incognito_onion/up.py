@@ -1,5 +1,9 @@
 """``incognito-onion up``: start the web server, TURN and tor, open the room, print its URL,
-serve until Ctrl-C or SIGTERM, then stop everything that was started, in reverse order."""
+serve until Ctrl-C or SIGTERM, then stop everything that was started, in reverse order.
+
+With ``server.workers`` above 1 it first starts a private redis-server
+(:mod:`redis_supervisor`), serves with the port bound ``reuse_port`` and starts the other server
+processes (:mod:`worker`), which share rooms through that redis (:mod:`shared_rooms`)."""
 
 from __future__ import annotations
 
@@ -18,8 +22,9 @@ from aiohttp import web
 
 from . import exitcodes, ids
 from .config import Config
-from .signaling import IceProvider, Signaling, no_turn_ice
+from .signaling import IceProvider, no_turn_ice
 from .web import create_app
+from .worker import WorkerError, WorkerPool, make_signaling, turn_spec
 
 log = logging.getLogger("incognito_onion.up")
 
@@ -62,11 +67,12 @@ def _print_url(url: str, opts: UpOptions, out: TextIO) -> None:
             _say(f"QR code written to {opts.qr_png}")
 
 
-async def _start_web(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def _start_web(app: web.Application, host: str, port: int,
+                     reuse_port: bool = False) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError as exc:
@@ -86,7 +92,7 @@ async def _start_web(app: web.Application, host: str, port: int) -> web.AppRunne
 
 
 async def _start_turn(cfg: Config, state_dir: Path, stack: contextlib.AsyncExitStack
-                      ) -> tuple[IceProvider, int]:
+                      ) -> tuple[IceProvider, int, dict[str, Any]]:
     """Start the supervised coturn; return the ICE provider that issues credentials per peer."""
     from .turn import CoturnSupervisor, TurnError
 
@@ -106,7 +112,22 @@ async def _start_turn(cfg: Config, state_dir: Path, stack: contextlib.AsyncExitS
     def provider(peer_id: str, host: str) -> dict[str, Any]:
         return {**sup.ice(peer_id, host), "iceTransportPolicy": policy}
 
-    return provider, sup.port
+    return provider, sup.port, turn_spec(sup, policy)
+
+
+async def _start_redis(cfg: Config, state_dir: Path, stack: contextlib.AsyncExitStack) -> Any:
+    """Start the private redis-server the workers share rooms through."""
+    from .redis_supervisor import EXIT_CODE, RedisError, RedisSupervisor
+
+    sup = RedisSupervisor(cfg.server.redis_binary, state_dir,
+                          on_event=lambda msg: _say(f"redis: {msg}"))
+    try:
+        await sup.start()
+    except RedisError as exc:
+        await sup.stop()
+        raise UpError(f"redis: {exc}", EXIT_CODE) from None
+    stack.push_async_callback(sup.stop)
+    return sup
 
 
 def _url_host(host: str) -> str:
@@ -131,18 +152,35 @@ async def serve(cfg: Config, state_dir: Path, opts: UpOptions | None = None,
 async def _serve(cfg: Config, state_dir: Path, opts: UpOptions, stop: asyncio.Event,
                  ready: Callable[[str], Awaitable[None] | None] | None) -> int:
     async with contextlib.AsyncExitStack() as stack:
+        workers = int(cfg.server.workers)
+        redis = await _start_redis(cfg, state_dir, stack) if workers > 1 else None
         ice: IceProvider = no_turn_ice
         turn_port = None
+        turn = None
         if cfg.turn.enabled:
-            ice, turn_port = await _start_turn(cfg, state_dir, stack)
+            ice, turn_port, turn = await _start_turn(cfg, state_dir, stack)
         else:
             _say("TURN is off: browsers connect directly, so they learn each other's addresses")
-        signaling = Signaling(cfg, ice=ice)
+        signaling = make_signaling(cfg, ice, redis.url if redis else None)
         app = create_app(signaling)
-        runner = await _start_web(app, cfg.server.host, cfg.server.port)
+        runner = await _start_web(app, cfg.server.host, cfg.server.port, reuse_port=workers > 1)
         stack.push_async_callback(runner.cleanup)
         port = _bound_port(runner) or cfg.server.port
-        room = signaling.registry.open_pinned()
+        room = await signaling.rooms.open_pinned()
+        if redis is not None:
+            async def reopen() -> None:  # redis lost everything: the printed link works again
+                await signaling.rooms.open_pinned(room.id)
+
+            redis.on_restart = reopen
+            pool = WorkerPool({"config": cfg.as_dict(), "redis": redis.url, "port": port,
+                               "turn": turn}, workers - 1, on_event=lambda m: _say(m))
+            stack.push_async_callback(pool.stop)
+            try:
+                await pool.start()
+            except WorkerError as exc:
+                raise UpError(str(exc), exc.code) from None
+            _say(f"{workers} server processes share port {port}; rooms are kept in a private "
+                 f"redis-server (websocket only, no onion media relay)")
         key = ids.new_room_key()
         tor = None
         if cfg.tor.enabled:

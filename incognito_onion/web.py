@@ -83,21 +83,32 @@ async def _plain_errors(request: web.Request, handler):
         raise
 
 
-def _sweeper(signaling: Signaling, every: float = 5.0):
-    """Free rooms whose grace period ran out, so memory follows the rooms in use."""
+def _sweeper(signaling: Signaling, every: float | None = None):
+    """Free rooms whose grace period ran out, so memory follows the rooms in use; with several
+    workers, also keep this worker's liveness in Redis and remove the peers of workers that
+    stopped (announced as ``disconnected``)."""
+    rooms = signaling.rooms
+    every = every if every is not None else (2.0 if signaling.shared else 5.0)
 
     async def ctx(_app: web.Application):
         async def loop() -> None:
             while True:
                 await asyncio.sleep(every)
-                if signaling.registry.sweep():
-                    log.info("expired empty rooms (%d open)", len(signaling.registry))
+                try:
+                    expired, departures = await rooms.sweep()
+                    await signaling.announce_departures(departures)
+                    if expired:
+                        log.info("expired empty rooms (%d open)", await rooms.count())
+                except Exception as exc:  # redis restarting: try again at the next round
+                    log.warning("room upkeep failed (%s)", type(exc).__name__)
 
+        await rooms.start()
         task = asyncio.create_task(loop())
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await rooms.close()
 
     return ctx
 
