@@ -92,8 +92,12 @@ class RedisSupervisor:
         if len(str(d / SOCKET_NAME)) > MAX_SOCKET_PATH:
             self._tmp = Path(tempfile.mkdtemp(prefix="incognito-redis-"))
             d = self._tmp
-        d.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(d, 0o700)
+        try:
+            d.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(d, 0o700)
+        except OSError as exc:
+            raise RedisError(f"cannot make the directory for redis's socket ({d}): "
+                             f"{exc.strerror}") from None
         return d
 
     async def start(self) -> None:
