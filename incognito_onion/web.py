@@ -109,6 +109,12 @@ def _sweeper(signaling: Signaling, every: float | None = None):
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await rooms.close()
+        # several workers: stop listening to redis before up stops it
+        listener = getattr(signaling.sio.manager, "thread", None)
+        if isinstance(listener, asyncio.Future):
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listener
 
     return ctx
 
