@@ -379,3 +379,40 @@ async def test_a_killed_worker_is_restarted_and_its_peers_leave(two_workers):
         for p in (a, b, *spare):
             with contextlib.suppress(Exception):  # a's process was killed
                 await p.disconnect()
+
+
+async def test_long_state_dir_puts_the_socket_in_a_private_temp_dir(tmp_path):
+    state = tmp_path / ("s" * 120)
+    state.mkdir(mode=0o700)
+    sup = RedisSupervisor("redis-server", state)
+    await sup.start()
+    try:
+        sock = sup.socket_path
+        assert sock is not None and len(str(sock)) <= 100 and sock.exists()
+        assert (sock.parent.stat().st_mode & 0o777) == 0o700
+    finally:
+        await sup.stop()
+    assert not sock.parent.exists()
+
+
+async def test_redis_restart_reopens_the_printed_room(two_workers):
+    srv = two_workers
+    redis = next(p for p in psutil.Process(srv.pid).children(recursive=True)
+                 if "redis-server" in p.name())
+    redis.kill()
+    deadline = time.monotonic() + 20
+    ack = None
+    while time.monotonic() < deadline:  # restarted, the room `up` printed opened again
+        p = Peer(srv.base, "late")
+        try:
+            await p.connect()
+            ack = await p.try_join(srv.room)
+            if isinstance(ack, dict) and ack.get("ok"):
+                break
+        except Exception:
+            pass
+        finally:
+            await p.disconnect()
+        await asyncio.sleep(0.5)
+    assert isinstance(ack, dict) and ack.get("ok"), ack
+    assert "redis-server exited" in srv.output()
