@@ -322,6 +322,7 @@ class Worker:
 def server_env(args: argparse.Namespace, rooms: int) -> dict[str, str]:
     """Default settings, except the limits this load would hit (ranges: incognito_onion/schema)."""
     env = {
+        "INCOGNITO_SERVER_WORKERS": "1",  # one process, whatever a config file says
         "INCOGNITO_LIMITS_MAX_CONNECTIONS": str(max(10000, args.clients + 100)),
         "INCOGNITO_ROOMS_MAX_ROOMS": str(max(1000, rooms + 10)),
         "INCOGNITO_ROOMS_CAPACITY": str(min(50, max(6, args.rooms_of))),
@@ -346,13 +347,19 @@ def tree_rss(proc) -> int:
 
 
 def cpu_seconds(proc) -> float:
+    """User + system CPU seconds of ``proc`` and its children (server.workers > 1, redis)."""
     import psutil
 
+    total = 0.0
     try:
-        t = proc.cpu_times()
+        procs = [proc, *proc.children(recursive=True)]
     except psutil.Error:
         return math.nan
-    return t.user + t.system
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
 
 
 class Gen:
@@ -558,6 +565,17 @@ async def orchestrate(args: argparse.Namespace) -> dict:
     return res
 
 
+def tidy(x):
+    """Floats rounded for the JSON output, nan as null."""
+    if isinstance(x, float):
+        return None if x != x else round(x, 3)
+    if isinstance(x, dict):
+        return {k: tidy(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [tidy(v) for v in x]
+    return x
+
+
 def verdict(r: dict) -> str:
     """Which side was CPU-bound over the window (85% of one core saturates a single-threaded
     Python process), and whose stalls make the latency tail."""
@@ -675,7 +693,7 @@ def main() -> int:
         print("interrupted; generators and server stopped", file=sys.stderr)
         return 130
     if args.json:
-        print(json.dumps(res, indent=2, default=str))
+        print(json.dumps(tidy(res), indent=2, default=str))
     else:
         print(report(res))
     return 0
