@@ -34,6 +34,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import struct
 import sys
@@ -562,6 +563,7 @@ async def orchestrate(args: argparse.Namespace) -> dict:
             code = srv.stop(check=False)
             res["server_exit_code"] = code
             log(f"server stopped (exit {code})")
+        shutil.rmtree(tmp, ignore_errors=True)
     return res
 
 
