@@ -448,10 +448,6 @@ async def test_client_auth_keys_add_then_up(tor_network, up_factory, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "intermittent (2 of 5 full runs on 2026-12-01): up relaunches tor and republishes in ~1.5 s, "
-    "but the network's client tor sometimes keeps failing for >30 s, most likely on its cached "
-    "descriptor/intro points of the killed instance; to be investigated (see the session note)"))
 async def test_killed_tor_is_relaunched_and_the_address_answers_again(tor_network, up_factory):
     up = up_factory(env=launch_env(tor_network))
     m = await asyncio.to_thread(up.wait_url, URL_WAIT)

@@ -215,6 +215,52 @@ async def test_watchdog_relaunches_and_republishes(tor_network, web_port, tmp_pa
     assert pid_gone(new_pid)
 
 
+async def test_watchdog_a_visitor_introduced_to_the_dying_tor_gets_through(tor_network,
+                                                                           web_port, tmp_path):
+    """The race of killing tor while serving, made certain: tor is stopped (SIGSTOP), a visitor's
+    INTRODUCE1 reaches an introduction point that still holds the service's circuit, which
+    forwards it and acks; then tor is killed. The visitor's tor waits for a RENDEZVOUS2 that
+    never comes until it abandons that rendezvous circuit (3 x its circuit build timeout + 1 s),
+    then reaches the relaunched tor through the new descriptor: within 30 s of the kill."""
+    net = tor_network
+    events: list = []
+    async with TorService(launch_cfg(tmp_path, net), tmp_path / "state",
+                          on_event=events.append) as tor:
+        onion = await tor.publish({80: ("127.0.0.1", web_port)})
+        # the visitor's tor has the descriptor and the introduction points of this tor
+        assert (await fetch_via_socks(net.socks_port, f"http://{onion.address}/"))[1] == PAGE
+        old_pid = tor.pid
+        os.kill(old_pid, signal.SIGSTOP)
+        visit = asyncio.create_task(fetch_via_socks(
+            net.socks_port, f"http://{onion.address}/", deadline=60, username="introduced"))
+        try:
+            client = net.client.controller()
+
+            def acked() -> bool:  # the rendezvous circuit now waits for the service
+                return any("HS_STATE=HSCR_ESTABLISHED_WAITING" in line
+                           and f"REND_QUERY={onion.service_id}" in line
+                           for line in client.get_info("circuit-status").splitlines())
+
+            deadline = time.monotonic() + 15
+            while not await asyncio.to_thread(acked):
+                assert time.monotonic() < deadline, "no introduction was acked"
+                assert not visit.done(), visit
+                await asyncio.sleep(0.05)
+        except BaseException:
+            visit.cancel()
+            raise
+        finally:
+            os.kill(old_pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        status, body, _ = await visit
+        back = time.monotonic() - t0
+        assert (status, body) == (200, PAGE)
+        assert back < 30, back
+        assert tor.pid != old_pid and tor.restarts == 1
+        assert [e.kind for e in events if e.kind != "notice"] == ["tor_died", "republished"]
+        print(f"\nintroduced to the dying tor: answered {back:.2f}s after the kill")
+
+
 async def test_attach_watchdog_reconnects_and_republishes(tor_network, web_port, tmp_path):
     """The attached tor drops our control connection (as when it restarts): the onion, tied to
     that connection, is gone; the watchdog reconnects and republishes the same address."""

@@ -1,8 +1,9 @@
 """A private Tor network on 127.0.0.1, built from Debian's ``tor`` and ``tor-gencert``.
 
 Session fixture ``tor_network``: 3 directory authorities + 2 relays (5 relays in all: onion
-circuits need 4 distinct ones), a client tor (SocksPort with ExtendedErrors + ControlPort) and an
-onion-service tor (ControlPort, cookie auth) where tests publish onions in attach mode. Start-up
+circuits need 4 distinct ones), a client tor (SocksPort with ExtendedErrors + ControlPort, and a
+fixed circuit build timeout like the one a real client learns: CLIENT_CIRCUIT_BUILD_TIMEOUT) and
+an onion-service tor (ControlPort, cookie auth) where tests publish onions in attach mode. Start-up
 follows ../shared/notes/private-tor-network.md: authorities first, relays, wait for a consensus,
 SIGHUP the relays, then the client tors; every wait is on a condition with a deadline. Every tor
 is stopped by its PID at the end (and ``__OwningControllerProcess`` ends them if pytest dies).
@@ -34,6 +35,16 @@ TOR_GENCERT = shutil.which("tor-gencert") or "/usr/bin/tor-gencert"
 VOTING = (10, 2, 2)
 FIRST_VOTE_AFTER = 3.0  # seconds after the authorities start
 REQUIRED_FLAGS = {"Running", "Stable", "Fast", "Guard", "HSDir", "Valid"}
+#: circuit build timeout of the network's client tor, fixed (LearnCircuitBuildTimeout 0). tor
+#: learns this timeout from 100 circuits; the private network's client never builds that many,
+#: so it would keep tor's initial 60 s, where a client on the real network soon learns a few
+#: seconds. It matters when an onion service dies: a request sent in the instant the service
+#: is killed can reach an introduction point that has not yet noticed, which forwards it and
+#: acks; the client then waits for a RENDEZVOUS2 that never comes until it abandons the
+#: rendezvous circuit at 3 x this timeout + 1 s (tor: circuit_expire_building), and only then
+#: retries through the new descriptor: 181 s with 60 s, 16 s with 5 s. (tor warns that 5 s is
+#: under its recommended 10 s; circuits here build in milliseconds.)
+CLIENT_CIRCUIT_BUILD_TIMEOUT = 5
 
 
 class TorNetError(RuntimeError):
@@ -375,7 +386,9 @@ def build_network(root: Path) -> TorNetwork:
         timings["relays"] = time.monotonic() - t0
 
         client.torrc = [*_common("client", client.datadir, empty), *net.dir_authority_lines,
-                        f"SocksPort 127.0.0.1:{socks_port} ExtendedErrors IsolateSOCKSAuth"]
+                        f"SocksPort 127.0.0.1:{socks_port} ExtendedErrors IsolateSOCKSAuth",
+                        "LearnCircuitBuildTimeout 0",
+                        f"CircuitBuildTimeout {CLIENT_CIRCUIT_BUILD_TIMEOUT}"]
         onion.torrc = [*_common("onion", onion.datadir, empty), *net.dir_authority_lines,
                        "SocksPort 0"]
         client.start()
