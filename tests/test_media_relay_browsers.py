@@ -18,7 +18,12 @@ AUTOPLAY = {"media.autoplay.default": 0, "media.autoplay.blocking_policy": 0}
 TOR_LIKE = {
     "media.peerconnection.enabled": False,
     "media.navigator.enabled": False,
-    "privacy.resistFingerprinting": True,
+    # Tor Browser has resistFingerprinting on, but Firefox ESR 153.8 headless with it on grows
+    # its content process by ~1.5 GB/s once this page is in a call (measured: also alone in the
+    # room, with the socket closed, every timer cleared, the page hidden; not on the pre-join
+    # screen) until the OOM killer takes it. Off here until that is understood; the pre-join and
+    # chat test in test_client_firefox.py runs with it on.
+    "privacy.resistFingerprinting": False,
     **AUTOPLAY,
 }
 EBML = b"\x1a\x45\xdf\xa3"
@@ -183,10 +188,17 @@ async def test_slow_onion_receiver_latency_stays_bounded_and_audio_goes_on(
     # video could not keep up: the server dropped it and asked the sender for new recordings
     sent = await c.js("incognito.relaySender.stats")
     assert sent["v"]["restarts"] >= 2, sent
-    # the link recovers: video plays again
+    # ...and, told so again and again, it sent less video (lower bitrate, rate and size)
+    print(f"\nthe sender under a thin link: {sent}")
+    assert sent["downs"] >= 1, sent
+    if sent["level"] >= 1:  # (unless it has already climbed back) recorded smaller
+        assert 0 < sent["v"]["width"] < sent["v"]["fullWidth"], sent
+    # the link recovers: video plays again, and the sender climbs back to full quality
     recorder.throttle(tor_id, None)
     v0 = (await relay_stats(ff))[sender]["v"]
     await ff_wait(ff, RELAY_JS[:-len("return out;\n")] +
                   "const s = out[arguments[0]]; return s && s.v.appended > arguments[1] + 20 "
                   "&& s.v.currentTime > arguments[2] && s;",
                   sender, v0["appended"], v0["currentTime"], what="video after the link healed")
+    await c.wait("incognito.relaySender.stats.level === 0"
+                 " && incognito.relaySender.stats.ups >= 1", timeout=60)

@@ -167,6 +167,8 @@ function makeSignaling() {
   sig.addEventListener('media', (e) => onRelayMedia(/** @type {CustomEvent} */ (e).detail));
   sig.addEventListener('keyframe', (e) => {
     const d = /** @type {CustomEvent} */ (e).detail;
+    // from null: the server dropped our chunks for a slow receiver, a sign to send less video
+    if (d.from === null && d.stream === 'v' && state.relaySender?.trouble()) return;
     state.relaySender?.restart(d.stream);
   });
   sig.addEventListener('server-error', (e) => {

@@ -49,6 +49,75 @@ export function canFeedRelay(g) {
 }
 
 /**
+ * Video quality steps of the relay sender, best first: a share of the full video bitrate, a
+ * frame rate and a downscale factor. Lower steps cost less upload and less of every receiver's
+ * link; audio is never touched.
+ */
+export const VIDEO_LADDER = [
+  { share: 1, fps: 30, scale: 1 },
+  { share: 0.5, fps: 15, scale: 1.5 },
+  { share: 0.25, fps: 10, scale: 2 },
+  { share: 0.12, fps: 5, scale: 3 },
+];
+/** Trouble reports within this window (ms) that make the sender step down. */
+const TROUBLE_WINDOW_MS = 4000;
+const TROUBLE_TO_STEP_DOWN = 2;
+/** Calm for this long (ms) lets the sender step back up one level. */
+const CALM_TO_STEP_UP_MS = 8000;
+/** Least time (ms) between two level changes (each one starts a new recording). */
+const MIN_CHANGE_MS = 2000;
+
+/**
+ * Adapts the relay sender's video to what the path can carry, before latency grows: trouble is
+ * a chunk this browser dropped because its socket backed up, or a chunk the server dropped for
+ * a slow receiver (the server then asks for a key frame with `from: null`). Pure: the caller
+ * passes the time.
+ */
+export class VideoLadder {
+  /** @param {number} [levels] */
+  constructor(levels = VIDEO_LADDER.length) {
+    this.levels = levels;
+    this.level = 0;
+    /** @type {number[]} */ this.trouble = [];
+    this.lastChange = -Infinity;
+    this.lastTrouble = -Infinity;
+    this.downs = 0;
+    this.ups = 0;
+  }
+
+  /**
+   * Something was dropped. Returns true if the level went down.
+   * @param {number} now ms
+   */
+  report(now) {
+    this.lastTrouble = now;
+    this.trouble = this.trouble.filter((t) => now - t < TROUBLE_WINDOW_MS);
+    this.trouble.push(now);
+    if (this.trouble.length < TROUBLE_TO_STEP_DOWN || this.level >= this.levels - 1
+      || now - this.lastChange < MIN_CHANGE_MS) return false;
+    this.level += 1;
+    this.downs += 1;
+    this.lastChange = now;
+    this.trouble = [];
+    return true;
+  }
+
+  /**
+   * Called now and then: after a calm spell, one level up. Returns true if the level went up.
+   * @param {number} now ms
+   */
+  tick(now) {
+    if (this.level === 0 || now - Math.max(this.lastTrouble, this.lastChange) < CALM_TO_STEP_UP_MS) {
+      return false;
+    }
+    this.level -= 1;
+    this.ups += 1;
+    this.lastChange = now;
+    return true;
+  }
+}
+
+/**
  * @typedef {(stream: string, seq: number, key: boolean, ts: number, data: Uint8Array)
  *   => Promise<boolean> | boolean} ChunkSink
  */
@@ -74,6 +143,28 @@ class Recording {
     /** chunks are sent in order, one after the other */
     /** @type {Promise<void>} */ this.chain = Promise.resolve();
     this.restarts = 0;
+    /** a lower-resolution, lower-rate clone of the video track, for ladder levels > 0 */
+    /** @type {MediaStreamTrack | null} */ this.scaled = null;
+  }
+
+  /** The track to record: the camera itself, or a scaled-down clone at a lower ladder level. */
+  _source() {
+    const track = /** @type {MediaStreamTrack} */ (this.track);
+    const step = VIDEO_LADDER[this.owner.ladder.level];
+    if (this.stream !== 'v' || step.scale === 1) return track;
+    const clone = track.clone();
+    const set = track.getSettings();
+    /** @type {MediaTrackConstraints} */
+    const c = { frameRate: { max: step.fps } };
+    if (set.width && set.height) {
+      // even sizes: odd ones are legal VP8 but trip up some decoders and compositors
+      c.width = { max: 2 * Math.round(set.width / step.scale / 2) };
+      c.height = { max: 2 * Math.round(set.height / step.scale / 2) };
+    }
+    // best effort: a browser that cannot rescale still records at the lower bitrate
+    clone.applyConstraints(c).catch((e) => this.owner._log('scale', e));
+    this.scaled = clone;
+    return clone;
   }
 
   /** @param {MediaStreamTrack | null} track */
@@ -89,6 +180,7 @@ class Recording {
     const rec = this.rec;
     this.rec = null;
     this.generation += 1;
+    if (this.scaled) { this.scaled.stop(); this.scaled = null; }
     if (rec) {
       rec.ondataavailable = null;
       rec.onerror = null;
@@ -101,11 +193,11 @@ class Recording {
     if (!this.track || this.track.readyState === 'ended' || !this.owner.running) return;
     const gen = this.generation;
     const opts = this.stream === 'v'
-      ? { mimeType: RECORD_MIME.v, videoBitsPerSecond: this.owner.videoBps }
+      ? { mimeType: RECORD_MIME.v, videoBitsPerSecond: this.owner.currentVideoBps() }
       : { mimeType: RECORD_MIME.a, audioBitsPerSecond: this.owner.audioBps };
     let rec;
     try {
-      rec = new MediaRecorder(new MediaStream([this.track]), opts);
+      rec = new MediaRecorder(new MediaStream([this._source()]), opts);
     } catch (e) {
       this.owner._log('recorder', this.stream, e);
       return;
@@ -128,7 +220,7 @@ class Recording {
           // the socket cannot keep up: drop video here, send a new recording when it can
           this.broken = true;
           this.owner.dropped += 1;
-          this.restart();
+          if (!this.owner.trouble()) this.restart();
           return;
         }
         this.keyNext = false;
@@ -166,6 +258,8 @@ export class RelaySender {
     this._log = o.log || (() => {});
     this.running = false;
     this.dropped = 0;
+    this.ladder = new VideoLadder();
+    /** @type {ReturnType<typeof setInterval> | null} */ this.ladderTimer = null;
     /** @type {Record<string, Recording>} */
     this.rec = { a: new Recording(this, 'a'), v: new Recording(this, 'v') };
   }
@@ -181,12 +275,34 @@ export class RelaySender {
     this.running = true;
     this.rec.a.start();
     this.rec.v.start();
+    this.ladderTimer = setInterval(() => {
+      if (this.ladder.tick(Date.now())) this.rec.v.start();
+    }, 1000);
   }
 
   stop() {
     this.running = false;
+    if (this.ladderTimer) clearInterval(this.ladderTimer);
+    this.ladderTimer = null;
     this.rec.a.stop();
     this.rec.v.stop();
+  }
+
+  /** The video bitrate of the current ladder level. */
+  currentVideoBps() {
+    return Math.max(60_000, Math.round(this.videoBps * VIDEO_LADDER[this.ladder.level].share));
+  }
+
+  /**
+   * Video was dropped on the way (here, or by the server for a slow receiver). Steps the video
+   * down a level when that keeps happening (a new recording at the lower level starts at once);
+   * returns true if it did.
+   */
+  trouble() {
+    if (!this.ladder.report(Date.now())) return false;
+    this._log('video down to level', this.ladder.level);
+    this.rec.v.start();
+    return true;
   }
 
   /** @param {string} [stream] 'a', 'v', or both */
@@ -197,8 +313,12 @@ export class RelaySender {
   get stats() {
     return {
       running: this.running, dropped: this.dropped,
+      level: this.ladder.level, downs: this.ladder.downs, ups: this.ladder.ups,
+      videoBps: this.currentVideoBps(),
       a: { seq: this.rec.a.seq, restarts: this.rec.a.restarts, on: !!this.rec.a.rec },
-      v: { seq: this.rec.v.seq, restarts: this.rec.v.restarts, on: !!this.rec.v.rec },
+      v: { seq: this.rec.v.seq, restarts: this.rec.v.restarts, on: !!this.rec.v.rec,
+        width: (this.rec.v.scaled || this.rec.v.track)?.getSettings().width || 0,
+        fullWidth: this.rec.v.track?.getSettings().width || 0 },
     };
   }
 }
@@ -236,6 +356,7 @@ class Track {
     this.ebml = 0;
     this.reset = false;
     this.lastError = '';
+    this.lastTrim = 0;
     this._open();
   }
 
@@ -371,10 +492,19 @@ class Track {
     if (el.paused) el.play().catch(() => {});
   }
 
-  /** @param {boolean} hard */
+  /**
+   * Drops what was played long ago. At most once a second: a remove ends in `updateend`, which
+   * pumps again, and a remove that frees nothing (MSE keeps frames up to the next key frame; a
+   * browser may round currentTime, as resistFingerprinting does) would otherwise loop at once,
+   * remove after remove (it filled 20 GB in Firefox in half a minute).
+   * @param {boolean} hard
+   */
   _trim(hard) {
     const sb = this.sb;
     if (!sb || sb.updating) return;
+    const now = Date.now();
+    if (!hard && now - this.lastTrim < 1000) return;
+    this.lastTrim = now;
     const b = sb.buffered;
     if (!b.length) return;
     const keepFrom = this.element.currentTime - (hard ? 1 : 5);
