@@ -22,10 +22,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from . import exitcodes
+
 log = logging.getLogger("incognito_onion.redis")
 
 PACKAGE = "redis-server"
-EXIT_CODE = 7  # `up` exits with this when redis cannot be run (cf. exitcodes: 5 TURN, 6 tor)
+EXIT_CODE = exitcodes.REDIS  # what `up` exits with when redis cannot be run
 SOCKET_NAME = "redis.sock"
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux, with its terminating NUL
 START_TIMEOUT = 10.0

@@ -132,6 +132,10 @@ function makeSignaling() {
   if (state.sig) return state.sig;
   state.socket = io({
     path: '/socket.io/',
+    // WebSocket first (one connection, lowest latency, and the only transport that reaches
+    // the same worker when the server runs several); long-polling if a proxy refuses it
+    transports: ['websocket', 'polling'],
+    tryAllTransports: true,
     autoConnect: false,
     reconnectionDelay: 300,
     reconnectionDelayMax: 3000,
