@@ -19,11 +19,15 @@ class TokenBucket:
         self.clock = clock
         self.stamp = clock()
 
-    def allow(self, cost: float = 1.0) -> bool:
+    def has(self, cost: float = 1.0) -> bool:
+        """Whether ``cost`` tokens are there now, without taking them."""
         now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= cost:
+        return self.tokens >= cost
+
+    def allow(self, cost: float = 1.0) -> bool:
+        if self.has(cost):
             self.tokens -= cost
             return True
         return False

@@ -80,6 +80,9 @@ SETTINGS: tuple[Setting, ...] = (
        min=1, max=100_000),
     _s("limits.event_burst", "int", 200, "events a connection may send in a burst above the rate",
        min=1, max=1_000_000),
+    _s("limits.failed_joins_per_minute", "int", 10,
+       "joins of rooms that do not exist one connection may try per minute (room ids cannot "
+       "be guessed)", min=1, max=100_000),
     _s("limits.max_connections", "int", 10000, "most browser connections at once", min=1,
        max=1_000_000),
     # media

@@ -119,6 +119,7 @@ class GuardedServer(socketio.AsyncServer):
 class _Conn:
     bucket: TokenBucket
     host: str  # the host name this browser reached us by (an onion, or 127.0.0.1)
+    failed_joins: TokenBucket  # joins of unknown rooms: room ids must not be enumerable
     throttle: Throttle = field(default_factory=Throttle)
 
 
@@ -152,6 +153,11 @@ class Signaling:
             # requests of one long-polling session could reach different workers
             client_manager=client_manager,
             transports=["websocket"] if client_manager is not None else None,
+            # one event at a time per connection, in order: the library's default starts a task
+            # per event as fast as frames arrive, so a flooding client queued unbounded work
+            # (memory) ahead of everyone else's events (latency); handled in turn, a client can
+            # only send as fast as its own events are served (TCP backpressure)
+            async_handlers=False,
             ping_interval=cfg.server.ping_interval,
             ping_timeout=cfg.server.ping_timeout,
             # a whole packet may carry a few opaque fields (or one media chunk); anything
@@ -188,8 +194,10 @@ class Signaling:
             raise socketio.exceptions.ConnectionRefusedError("server_full")
         m = _HOST_RE.match(str(environ.get("HTTP_HOST", "")))
         host = m.group(1).strip("[]") if m else self.cfg.server.host
+        per_minute = self.cfg.limits.failed_joins_per_minute
         self.conns[sid] = _Conn(TokenBucket(self.cfg.limits.events_per_second,
-                                            self.cfg.limits.event_burst), host)
+                                            self.cfg.limits.event_burst), host,
+                                TokenBucket(per_minute / 60, per_minute))
 
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
         self.conns.pop(sid, None)
@@ -258,7 +266,15 @@ class Signaling:
         return self._welcome(sid, joined.room, joined.peer.id, joined.peer.resume)
 
     async def _join(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        joined = await self.rooms.join(f["room"], sid, f.get("meta", ""), f.get("resume"))
+        conn = self.conns[sid]
+        if not conn.failed_joins.has():
+            raise RoomError("rate_limited", "too many joins of rooms that do not exist; wait")
+        try:
+            joined = await self.rooms.join(f["room"], sid, f.get("meta", ""), f.get("resume"))
+        except RoomError as exc:
+            if exc.code == "room_not_found":
+                conn.failed_joins.allow()
+            raise
         room, peer = joined.room, joined.peer
         if joined.replaced_sid is not None:
             await self.sio.leave_room(joined.replaced_sid, room.id)

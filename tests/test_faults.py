@@ -1,0 +1,124 @@
+"""Fault tests of issue 8 with real Chromiums in a call through the real server and its coturn:
+a browser whose processes are killed (its TCP connections close) and a browser that freezes
+(SIGSTOP: its connections stay open and silent, so only the server's pings can tell) leave no
+ghost tile behind, and both are dropped within the ping window
+(``server.ping_interval + server.ping_timeout``, 10 s with the shipped defaults).
+
+Each person runs in a Chromium of their own (``chromium_factory``), so one can be killed by PID
+without touching the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from incognito_onion.schema import BY_PATH
+from tests.support.browsers import _children, _descendants, _is_browser_pid
+from tests.support.webclient import CHROMIUM_EXTRA, fake_video, new_participant, wait_media
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+PING_INTERVAL = BY_PATH["server.ping_interval"].default
+PING_TIMEOUT = BY_PATH["server.ping_timeout"].default
+WINDOW = PING_INTERVAL + PING_TIMEOUT
+# how late the test itself may notice a change: it polls each page every 0.1 s through the
+# debugger protocol, on a loaded 2-core machine
+NOTICE = 1.0
+
+TILES = ("JSON.stringify({tiles: [...document.querySelectorAll('#grid .tile')].map("
+         "(t) => t.dataset.peer), peers: [...incognito.peers.keys()]})")
+
+
+def tile(peer: str) -> str:
+    return f"document.querySelector('#grid .tile[data-peer=\"{peer}\"]')"
+
+
+async def launch(chromium_factory, y4m) -> tuple[object, set[int]]:
+    """A Chromium of its own, and the PIDs of its process tree."""
+    before = _descendants()
+    browser = await chromium_factory(
+        extra_args=[*CHROMIUM_EXTRA, f"--use-file-for-fake-video-capture={y4m}"])
+    pids = {pid for pid in _descendants() - before if _is_browser_pid(pid, "chrom")}
+    assert pids, "no Chromium process found"
+    return browser, pids
+
+
+def tree(pids: set[int]) -> set[int]:
+    out = set(pids)
+    for pid in pids:
+        out |= {c.pid for c in _children(pid)}
+    return {p for p in out if psutil.pid_exists(p)}
+
+
+def signal_all(pids: set[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+async def gone_after(p, peer: str, others: int, t0: float, timeout: float) -> float:
+    """Seconds from ``t0`` until ``p`` shows no tile of ``peer`` and ``others`` + 1 tiles."""
+    await p.wait(f"!{tile(peer)} && document.querySelectorAll('#grid .tile').length === "
+                 f"{others + 1} && incognito.peers.size === {others}", timeout=timeout,
+                 why=TILES)
+    return time.monotonic() - t0
+
+
+async def test_killed_and_frozen_browsers_drop_out_within_the_ping_window(
+        turn_server, chromium_factory, tmp_path_factory):
+    assert not turn_server.env.get("INCOGNITO_SERVER_PING_INTERVAL")
+    assert WINDOW <= 10, "the shipped ping window must be at most 10 s"
+    y4m = fake_video(tmp_path_factory.getbasetemp() / "fake-camera-320x180.y4m")
+    browsers = [await launch(chromium_factory, y4m) for _ in range(3)]
+    parts = []
+    for (browser, _), name in zip(browsers, ["Alice", "Bob", "Carol"], strict=True):
+        p = await new_participant(browser, turn_server.url, name)
+        await p.join()
+        parts.append(p)
+    a, b, c = parts
+    await wait_media(parts, 2, audio=False)
+    ids = [await p.self_id() for p in parts]
+    for p in parts:
+        assert await p.js("document.querySelectorAll('#grid .tile').length") == 3
+
+    # 1. Carol's browser is killed (every process of it, by PID): its sockets close at once
+    pids = tree(browsers[2][1])
+    t0 = time.monotonic()
+    signal_all(pids, signal.SIGKILL)
+    killed = await asyncio.gather(gone_after(a, ids[2], 1, t0, WINDOW + 5),
+                                  gone_after(b, ids[2], 1, t0, WINDOW + 5))
+    assert not [pid for pid in pids if psutil.pid_exists(pid)
+                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    print(f"\nkilled browser: tile gone at Alice after {killed[0]:.2f} s, at Bob after "
+          f"{killed[1]:.2f} s (ping window {WINDOW:g} s)")
+    assert max(killed) <= WINDOW + NOTICE
+
+    # no ghost: Alice and Bob still talk (media and chat), and Carol's tile stays away
+    await wait_media([a, b], 1, audio=False)
+    await a.page.click("#btn-chat")
+    await a.page.fill("#chat-input", "still two of us")
+    await a.page.press("#chat-input", "Enter")
+    await b.wait("incognito.chat.some((m) => m.text === 'still two of us')")
+    for p in (a, b):
+        assert await p.js(f"!{tile(ids[2])}") and await p.js("incognito.peers.size") == 1
+
+    # 2. Bob's browser freezes (SIGSTOP): its TCP connections stay open, nothing answers the
+    # server's pings; only the ping timeout can drop him
+    pids = tree(browsers[1][1])
+    t0 = time.monotonic()
+    signal_all(pids, signal.SIGSTOP)
+    try:
+        frozen = await gone_after(a, ids[1], 0, t0, WINDOW + 10)
+    finally:
+        signal_all(pids, signal.SIGKILL)  # killed while stopped: nothing resumes
+    print(f"frozen browser: tile gone at Alice after {frozen:.2f} s (ping window {WINDOW:g} s)")
+    assert frozen <= WINDOW + NOTICE
+    assert await a.js("document.querySelectorAll('#grid .tile').length") == 1
+    await asyncio.sleep(0)  # let Playwright notice the dead browsers before teardown
