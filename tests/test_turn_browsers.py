@@ -208,7 +208,10 @@ async def test_chromium_to_chromium_relay_only_and_after_coturn_restart(
     for side in (a, b):
         await side.call("closeAll")
     await _call(coturn, a, b)
-    assert [e.kind for e in coturn.events][:3] == ["started", "exited", "restarted"]
+    # (a "warning" may come in between: e.g. a UDP port some other program has open on the
+    # relay address; the lifecycle is what counts here)
+    kinds = [e.kind for e in coturn.events if e.kind != "warning"]
+    assert kinds[:3] == ["started", "exited", "restarted"], kinds
 
 
 async def test_chromium_to_firefox_relay_only(coturn, chromium, firefox_marionette, page_url):

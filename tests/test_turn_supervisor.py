@@ -188,7 +188,8 @@ async def test_async_with_and_coroutine_callback(tmp_path):
     seen = []
 
     async def on_event(event):
-        seen.append(event.kind)
+        if event.kind != "warning":  # environment-dependent (see test_turn_browsers)
+            seen.append(event.kind)
 
     async with CoturnSupervisor(make_turn_config(), tmp_path / "s", on_event=on_event) as sup:
         pid = sup.pid

@@ -42,9 +42,10 @@ REQUIRED_FLAGS = {"Running", "Stable", "Fast", "Guard", "HSDir", "Valid"}
 #: is killed can reach an introduction point that has not yet noticed, which forwards it and
 #: acks; the client then waits for a RENDEZVOUS2 that never comes until it abandons the
 #: rendezvous circuit at 3 x this timeout + 1 s (tor: circuit_expire_building), and only then
-#: retries through the new descriptor: 181 s with 60 s, 16 s with 5 s. (tor warns that 5 s is
-#: under its recommended 10 s; circuits here build in milliseconds.)
-CLIENT_CIRCUIT_BUILD_TIMEOUT = 5
+#: retries through the new descriptor: 181 s with 60 s, 10 s with 3 s (with 5 s, 16 s: a busy
+#: 2-core machine pushed that past 30 s once). (tor warns that this is under its recommended
+#: 10 s; circuits here build in milliseconds.)
+CLIENT_CIRCUIT_BUILD_TIMEOUT = 3
 
 
 class TorNetError(RuntimeError):
