@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -142,9 +143,12 @@ async def serve(cfg: Config, state_dir: Path, opts: UpOptions | None = None,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # whatever we or our children (coturn's pid file, tor, redis) write is ours alone
+    umask = os.umask(0o077)
     try:
         return await _serve(cfg, state_dir, opts, stop, ready)
     finally:
+        os.umask(umask)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 

@@ -17,12 +17,15 @@ import asyncio
 import base64
 import collections
 import contextlib
+import ipaddress
 import json
 import math
 import multiprocessing
 import os
 import random
+import re
 import secrets
+import stat
 import time
 
 import aiohttp
@@ -33,6 +36,13 @@ import socketio
 from incognito_onion import ids
 from incognito_onion.limits import TokenBucket
 from tests.support.server import LiveServer, Peer
+from tests.support.webclient import (
+    Recorder,
+    new_participant,
+    start_turn_server,
+    stop_server,
+    wait_media,
+)
 
 # --------------------------------------------------------------------------------------------
 # room ids: random bits, and joins of unknown rooms rate-limited per connection
@@ -461,3 +471,117 @@ async def test_fuzz_and_floods_leave_the_server_up_and_honest_pairs_fast(
             f"honest p99 under attack {l99 * 1e3:.2f} ms > 2 x calm {calm_ref * 1e3:.2f} ms")
     finally:
         await pair.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# logs of a full call at debug level
+# --------------------------------------------------------------------------------------------
+
+CALLERS = ["Zelda Fitzgerald", "Yuri Gagarin", "Xena Amphipolis"]
+CHATS = ["meet me under the old oak 4b7c", "bring the blue folder 9e2d"]
+_IPV4 = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?!\.?\d)")
+_IPV6 = re.compile(r"(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])")
+
+
+def addresses(line: str) -> list[str]:
+    """Every IPv4 or IPv6 address in ``line`` (``02:30:53`` is a time, not an address)."""
+    found = []
+    for m in [*_IPV4.finditer(line), *_IPV6.finditer(line)]:
+        try:
+            ipaddress.ip_address(m.group(0))
+        except ValueError:
+            continue
+        found.append(m.group(0))
+    return found
+
+
+def test_address_finder():
+    assert sorted(addresses("relay 127.0.0.1:3478 from [::1]:5 and fe80::1%2, 10.1.2.3.")) == [
+        "10.1.2.3", "127.0.0.1", "::1", "fe80::1"]
+    assert addresses("02:30:53 DEBUG v1.2.3 <ip> 1.2.3.4.5 ::") == ["::"]
+
+
+class RequestRecorder(Recorder):
+    """The recording proxy, also keeping every request line and header the server got."""
+
+    def __init__(self, upstream: str):
+        super().__init__(upstream)
+        self.requests: list[str] = []
+
+    async def _handle(self, request):
+        self.requests.append(f"{request.method} {request.rel_url} "
+                             + " ".join(f"{k}: {v}" for k, v in request.headers.items()))
+        return await super()._handle(request)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_debug_logs_of_a_call_hold_no_address_id_key_or_payload(webchromium, tmp_path):
+    srv = start_turn_server(tmp_path, env={"INCOGNITO_SERVER_LOG_LEVEL": "debug",
+                                           "INCOGNITO_TURN_PERSIST_SECRET": "true"})
+    rec = RequestRecorder(srv.base)
+    try:
+        await rec.start()
+        url = f"{rec.base}/r/{srv.room}#{srv.key}"
+        parts = []
+        for name in CALLERS:
+            p = await new_participant(webchromium, url, name)
+            await p.join()
+            parts.append(p)
+        a, b, c = parts
+        await wait_media(parts, 2, audio=False)
+        peer_ids = [await p.self_id() for p in parts]
+        for sender, text in zip((a, b), CHATS, strict=True):
+            await sender.page.click("#btn-chat")
+            await sender.page.fill("#chat-input", text)
+            await sender.page.press("#chat-input", "Enter")
+            for p in parts:
+                if p is not sender:
+                    await p.wait("(t) => incognito.chat.some((m) => m.text === t)", text)
+        await c.page.click("#btn-leave")
+        await c.wait("document.body.dataset.screen === 'ended'")
+        await a.wait("document.querySelectorAll('#grid .tile').length === 2")
+        # state files: the directory 0700, every file in it 0600
+        modes = {}
+        for path in [srv.state_dir, *srv.state_dir.rglob("*")]:
+            modes[str(path.relative_to(srv.state_dir))] = stat.S_IMODE(path.stat().st_mode)
+        secret_files = [f for f in srv.state_dir.rglob("*") if f.is_file()]
+    finally:
+        await rec.close()
+        rc = stop_server(srv)
+    assert rc == 0, srv.output()
+    assert secret_files, "no state file to check (turn.persist_secret: true writes one)"
+    for rel, mode in modes.items():
+        want = 0o700 if rel == "." or (srv.state_dir / rel).is_dir() else 0o600
+        assert mode == want, f"{rel}: {oct(mode)}, want {oct(want)}"
+    turn_secrets = [f.read_text().strip() for f in secret_files
+                    if "secret" in f.name and f.stat().st_size < 4096]
+
+    out, err = srv._stdout.lines, srv._stderr.lines
+    assert any(" DEBUG " in line for line in err), "the server did not log at debug level"
+    assert any("coturn:" in line for line in err), "coturn's log did not come through"
+    # what up prints on purpose: the room link (stdout) and the address it serves on
+    assert [line for line in out if line.strip()] == [srv.url], out
+    printed = [line for line in err if line.strip() != f"serving on {srv.base} (tor is off: "
+               "only reachable from this machine or network)"]
+    assert len(printed) == len(err) - 1, "no 'serving on' line"
+    leaks = []
+    for line in printed:
+        if addresses(line):
+            leaks.append(f"address {addresses(line)}: {line}")
+        for name, value in [("room id", srv.room), ("room key", srv.key),
+                            *[("peer id", pid) for pid in peer_ids],
+                            *[("chat", t) for t in CHATS], *[("name", n) for n in CALLERS],
+                            *[("name", n.split()[0]) for n in CALLERS],
+                            *[("TURN secret", s) for s in turn_secrets]]:
+            if value and value in line:
+                leaks.append(f"{name} {value!r}: {line}")
+    assert not leaks, "\n".join(leaks)
+    # the server never got the fragment: not in a request line or header, not in a frame
+    assert len(rec.requests) > 10, rec.requests
+    for line in rec.requests:
+        assert srv.key not in line and "#" not in line.split(" ")[1], line
+    assert srv.key not in rec.relayed()
+    print(f"\n{len(err)} log lines ({sum(' DEBUG ' in x for x in err)} debug, "
+          f"{sum('coturn:' in x for x in err)} from coturn), {len(rec.requests)} requests, "
+          f"state files {modes}: nothing leaked")
