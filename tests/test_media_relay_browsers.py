@@ -18,12 +18,7 @@ AUTOPLAY = {"media.autoplay.default": 0, "media.autoplay.blocking_policy": 0}
 TOR_LIKE = {
     "media.peerconnection.enabled": False,
     "media.navigator.enabled": False,
-    # Tor Browser has resistFingerprinting on, but Firefox ESR 153.8 headless with it on grows
-    # its content process by ~1.5 GB/s once this page is in a call (measured: also alone in the
-    # room, with the socket closed, every timer cleared, the page hidden; not on the pre-join
-    # screen) until the OOM killer takes it. Off here until that is understood; the pre-join and
-    # chat test in test_client_firefox.py runs with it on.
-    "privacy.resistFingerprinting": False,
+    "privacy.resistFingerprinting": True,
     **AUTOPLAY,
 }
 EBML = b"\x1a\x45\xdf\xa3"

@@ -1,6 +1,5 @@
 """The onion media relay end to end through the private Tor network: a Tor-Browser-like Firefox
-(no WebRTC, no camera, SOCKS5 with remote DNS; resistFingerprinting off, see
-test_media_relay_browsers.TOR_LIKE) opens the onion room URL
+(no WebRTC, no camera, resistFingerprinting, SOCKS5 with remote DNS) opens the onion room URL
 with two Chromium participants that also reach the room only through Tor (they call each other
 through the onion TURN). Firefox sees and hears both through the relay, and its chat reaches
 them; nothing of Firefox's goes around the proxy.
@@ -45,15 +44,14 @@ async def test_tor_browser_like_firefox_through_tor_sees_and_hears_two_chromiums
     await c2.join(timeout=60)
     ids = {await c1.self_id(), await c2.self_id()}
 
-    # TOR_LIKE: Tor Browser's media prefs; resistFingerprinting stays off (see there why)
     prefs = {**firefox_tor_prefs(socks, None), **TOR_LIKE}
+    assert prefs["privacy.resistFingerprinting"] is True  # as Tor Browser
     ff = await asyncio.to_thread(firefox_marionette, prefs)
     tor_id = await ff_join(ff, url, "Tor Tom")
     caps = await ff_wait(ff, "return {rtc: typeof RTCPeerConnection,"
-                             " md: typeof navigator.mediaDevices};")
-    # what Tor Browser lacks: WebRTC, camera access (WebCodecs too, with resistFingerprinting;
-    # the player never uses it)
-    assert caps == {"rtc": "undefined", "md": "undefined"}, caps
+                             " md: typeof navigator.mediaDevices, vd: typeof VideoDecoder};")
+    # what Tor Browser lacks: WebRTC, camera access, WebCodecs
+    assert caps == {"rtc": "undefined", "md": "undefined", "vd": "undefined"}, caps
 
     s = await wait_playing(ff, ids, timeout=90)
     for peer in ids:

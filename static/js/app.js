@@ -412,7 +412,11 @@ async function join() {
   btn.disabled = true;
   btn.textContent = 'Joining…';
   try {
-    ensureAudioContext();
+    // The speaking indicator's AudioContext, made in this click so it may start. Only where
+    // there is WebRTC audio to measure: a relay-only browser (Tor Browser) has none, and an
+    // AudioContext under resistFingerprinting was measured growing Firefox 153 by ~1.5 GB/s
+    // (headless, no sound server) until the OOM killer stepped in.
+    if (state.verdict.canCall) ensureAudioContext();
     const sig = makeSignaling();
     const profile = { name };
     if (sig.active && sig.room === state.room) sig.setProfile(profile);
