@@ -6,10 +6,10 @@ camera off, resistFingerprinting) that gets plain words and the encrypted chat, 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
+from tests.support.browsers import ff_wait
 from tests.support.webclient import NO_TURN, STATS_JS, new_participant, wait_media
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -20,23 +20,6 @@ TOR_LIKE = {
     "media.navigator.enabled": False,
     "privacy.resistFingerprinting": True,
 }
-
-
-async def ff_wait(ff, js: str, *args, timeout: float = 30.0):
-    """Polls ``js`` (a function body) in the Firefox page until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = await asyncio.to_thread(ff.run, js, *args)
-        except Exception as e:  # page still loading
-            last = f"error: {e}"
-        else:
-            if last:
-                return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"firefox: timed out waiting for {js!r} (last {last!r})")
-        await asyncio.sleep(0.2)
 
 
 async def ff_join(ff, url: str, name: str) -> None:

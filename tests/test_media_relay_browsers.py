@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.support.browsers import ff_wait
 from tests.support.webclient import NO_TURN, new_participant
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -37,22 +38,6 @@ for (const [id, p] of incognito.peers) {
 }
 return out;
 """
-
-
-async def ff_wait(ff, js: str, *args, timeout: float = 45.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = await asyncio.to_thread(ff.run, js, *args)
-        except Exception as e:  # page still loading
-            last = f"error: {e}"
-        else:
-            if last:
-                return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"firefox: timed out waiting for {what or js!r} (last {last!r})")
-        await asyncio.sleep(0.3)
 
 
 async def ff_join(ff, url: str, name: str) -> str:

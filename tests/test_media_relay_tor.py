@@ -14,8 +14,9 @@ import asyncio
 
 import pytest
 
+from tests.support.browsers import ff_wait
 from tests.support.webclient import new_participant
-from tests.test_media_relay_browsers import TOR_LIKE, ff_join, ff_wait, wait_playing
+from tests.test_media_relay_browsers import TOR_LIKE, ff_join, wait_playing
 from tests.test_tor_browsers import (  # noqa: F401  (onion_up is a fixture)
     chromium_create_room,
     chromium_tor_args,

@@ -32,6 +32,7 @@ import psutil
 import pytest
 
 from incognito_onion.tor import client_keys
+from tests.support.browsers import ff_wait
 from tests.support.onion_up import Up
 from tests.support.server import free_port, server_command
 from tests.support.tornet import fetch_via_socks, socks_reply_code
@@ -227,23 +228,6 @@ async def chromium_create_room(browser, base: str, name: str) -> tuple[Participa
     await p.page.click("#create-room")
     await p.wait("document.body.dataset.screen === 'prejoin'", timeout=60)
     return p, p.page.url
-
-
-async def ff_wait(ff, js: str, *args, timeout: float = 45.0):
-    """Polls ``js`` (a function body) in the Firefox page until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = await asyncio.to_thread(ff.run, js, *args)
-        except Exception as e:  # page still loading
-            last = f"error: {e}"
-        else:
-            if last:
-                return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"firefox: timed out waiting for {js!r} (last {last!r})")
-        await asyncio.sleep(0.2)
 
 
 async def ff_join(ff, url: str, name: str) -> None:

@@ -88,6 +88,25 @@ def _kill_pids(pids: set[int], grace: float = 5.0) -> None:
     psutil.wait_procs(alive, timeout=grace)
 
 
+async def ff_wait(ff: Any, js: str, *args: Any, timeout: float = 45.0, what: str = "",
+                  interval: float = 0.2) -> Any:
+    """Polls ``js`` (a function body) in the Firefox page until it returns something truthy and
+    returns that; fails after ``timeout`` seconds with the last value (or error) seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = await asyncio.to_thread(ff.run, js, *args)
+        except Exception as e:  # page still loading
+            last = f"error: {e}"
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"firefox: timed out waiting for {what or js!r} (last {last!r})")
+        await asyncio.sleep(interval)
+
+
 # --- Chromium -----------------------------------------------------------------------------------
 
 @pytest.fixture
