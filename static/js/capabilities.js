@@ -18,6 +18,7 @@
  *   mediaSource: boolean,
  *   mediaRecorder: boolean,
  *   onion: boolean,
+ *   host?: string,
  *   torLike: boolean,
  * }} Capabilities
  */
@@ -46,6 +47,7 @@ export function detect(g) {
     mediaSource: typeof g.MediaSource === 'function',
     mediaRecorder: typeof g.MediaRecorder === 'function',
     onion: host.endsWith('.onion'),
+    host,
     // Tor Browser: WebRTC compiled out, camera/mic off, WebCodecs hidden by resistFingerprinting
     torLike: !peerConnection && !getUserMedia && !webCodecs,
   };
@@ -70,10 +72,20 @@ export function detect(g) {
 export function assess(c) {
   /** @type {string[]} */
   const lines = [];
-  if (!c.secureContext || !c.subtle) {
+  if ((!c.secureContext || !c.subtle) && c.onion) {
+    // Chromium and its kin do not count http://*.onion as secure (Tor Browser, Mullvad Browser
+    // and Firefox with dom.securecontext.allowlist_onions do)
+    lines.push('This browser does not treat an http .onion page as a secure one, so it will not '
+      + 'encrypt or open messages here. Open this same link in Tor Browser (or Mullvad Browser '
+      + 'or Firefox with Tor as their proxy). In Chromium or Brave, start the browser with '
+      + `--unsafely-treat-insecure-origin-as-secure=http://${c.host || '<this .onion address>'} `
+      + 'in addition to Tor as its proxy.');
+  } else if (!c.secureContext || !c.subtle) {
     lines.push('This page was not opened over a secure connection, so the browser will not '
       + 'encrypt or open messages. Open the room through its .onion address in Tor Browser, or '
       + 'through an https address (or 127.0.0.1 on the same computer).');
+  }
+  if (!c.secureContext || !c.subtle) {
     return {
       level: 'none', canCall: false, canWatch: false, canSend: false,
       headline: 'This page cannot encrypt here',
