@@ -286,3 +286,19 @@ def test_keys_through_the_cli(tmp_path, capsys, monkeypatch):
     assert cli.main([*base, "keys", "remove", "nobody"]) == 1
     assert "incognito-onion: no key named 'nobody'" in capsys.readouterr().err
     assert cli.main([*base, "keys"]) == 2
+
+
+def test_last_problem_skips_the_root_nag_and_prefers_errors(tmp_path):
+    """The message when tor dies names its last telling line, not the notice every root start
+    leaves (the one seen after a kill -9, when tor had no time to say anything)."""
+    from incognito_onion.tor.launch import LaunchedTor
+
+    tor = LaunchedTor(process=None, datadir=tmp_path, plan=None)  # type: ignore[arg-type]
+    (tmp_path / "tor.log").write_text(
+        "Dec 01 00:00:00.000 [warn] You are running Tor as root. You don't need to, and you "
+        "probably shouldn't.\n")
+    assert tor.last_problem() == ""
+    (tmp_path / "tor.stdout").write_text(
+        "Dec 01 00:00:00.000 [warn] Could not bind to 127.0.0.1:9050: Address already in use.\n"
+        "Dec 01 00:00:01.000 [err] Reading config failed--see warnings above.\n")
+    assert tor.last_problem() == "Could not bind to 127.0.0.1:9050: Address already in use."

@@ -37,7 +37,9 @@ DATA_DIR_NAME = "tor-data"
 MAX_SOCKET_PATH = 100
 STOP_TIMEOUT = 5.0
 #: tor log lines that say nothing useful on their own
-_UNTELLING = ("see warnings above", "TestingTorNetwork is set", "Reading config failed")
+_UNTELLING = ("see warnings above", "TestingTorNetwork is set", "Reading config failed",
+              # a notice-level nag at every start as root; never why tor stopped
+              "You are running Tor as root")
 
 
 def find_binary(binary: str) -> str:
