@@ -61,6 +61,12 @@ async def test_tor_browser_like_firefox_through_tor_sees_and_hears_two_chromiums
         assert s[peer]["path"] == "onion relay", s[peer]
         assert s[peer]["v"]["errors"] == 0 and s[peer]["a"]["errors"] == 0, s[peer]
 
+    # and shows it: no avatar over a picture that plays (a sender's WebRTC budget may pause
+    # its WebRTC video; the relay still carries it)
+    shown = await ff_wait(ff, "const ids = arguments[0]; return ids.every((id) =>"
+                              " incognito.peers.get(id).tile.dataset.camOff === 'false') && ids;",
+                          sorted(ids), timeout=10, what="both Chromiums' video shown")
+    assert shown
     # Firefox's chat reaches both Chromiums
     await asyncio.to_thread(ff.run, """
         document.querySelector('#btn-chat').click();

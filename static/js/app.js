@@ -506,6 +506,8 @@ function announceState() {
   if (!sig || !sig.active) return;
   sig.broadcast({ type: 'state', name: state.name, muted: !state.micOn,
     camOff: (!state.camera && !state.screen) || !!state.mesh?.budget?.videoPaused,
+    // the camera itself (the budget above pauses WebRTC video only; the relay still sends it)
+    camOn: !!(state.camera || state.screen),
     sharing: !!state.screen,
     webrtc: state.verdict.canCall && !state.relayIn, relay: state.relayIn,
     sends: !!state.relaySender }).catch(() => {});
@@ -568,7 +570,8 @@ function onMessage(d) {
     if (!p) return;
     p.name = displayName(b.name);
     p.muted = !!b.muted;
-    p.camOff = !!b.camOff;
+    // through the relay we get their video whatever their WebRTC budget says
+    p.camOff = state.relayIn && typeof b.camOn === 'boolean' ? !b.camOn : !!b.camOff;
     p.sharing = !!b.sharing;
     if (b.webrtc === false) {
       // no WebRTC there: media goes through the onion relay if they can play it, else chat only
