@@ -3,6 +3,7 @@ many socket.io clients in small rooms. Not a test: it prints numbers.
 
     .venv/bin/python bench/relay_load.py [--clients 1000] [--rooms-of 4] [--rate 1]
                                          [--seconds 20] [--warmup 5] [--procs N] [--json]
+                                         [--against ours|node|both]
 
 Starts the real server (``incognito-onion up --no-tor --no-turn`` on 127.0.0.1, its own
 --state-dir, limits raised only as far as the load needs) and spreads the clients over --procs
@@ -20,6 +21,11 @@ and "lost" are exact for the window. Latency includes the generators' own event-
 the server's and each generator's CPU% over the window (and the generators' send lag behind
 schedule) say which side was the bottleneck. Server RSS is sampled before any client, with
 every client connected and in its room but idle, and at the end of the window.
+
+``--against node`` runs the same load against bench/node/relay_server.mjs, a minimal Node
+socket.io 4 server with the same relay semantics and ack shapes (``npm ci --prefix bench/node``
+first if its node_modules is missing); ``--against both`` runs ours, then Node, with the same
+parameters in one invocation and prints both tables and the node/ours ratios.
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ import random
 import shutil
 import signal
 import struct
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -51,6 +59,8 @@ HEAD = struct.Struct(">QIIH")
 MAGIC = 0xB3E7
 HEAD_CHARS = 24
 B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+NODE_DIR = Path(__file__).resolve().parent / "node"
+SERVER_NAMES = {"ours": "ours (python-socketio)", "node": "Node socket.io 4"}
 
 
 def encode(t_ns: int, idx: int, seq: int, pad: str) -> str:
@@ -363,6 +373,66 @@ def cpu_seconds(proc) -> float:
     return total
 
 
+class NodeServer:
+    """bench/node/relay_server.mjs as a subprocess, with the bits of tests.support.server's
+    LiveServer that orchestrate() uses (pid, base, alive, output, stop)."""
+
+    def __init__(self, log) -> None:
+        from tests.support.server import free_port
+
+        if not (NODE_DIR / "node_modules" / "socket.io").is_dir():
+            log(f"npm ci --prefix {NODE_DIR} ...")
+            subprocess.run(["npm", "ci", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund"],
+                           check=True, stdout=sys.stderr)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.lines: list[str] = []
+        self.returncode: int | None = None
+        self.proc = subprocess.Popen(
+            ["node", str(NODE_DIR / "relay_server.mjs"), str(self.port)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_parent)
+        ready = threading.Event()
+
+        def drain() -> None:
+            for raw in iter(self.proc.stdout.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                self.lines.append(line)
+                if line.startswith("listening "):
+                    ready.set()
+            ready.set()  # EOF: it died
+
+        threading.Thread(target=drain, daemon=True).start()
+        if not ready.wait(30) or not self.alive():
+            self.stop()
+            raise RuntimeError(f"node relay server did not start:\n{self.output()}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def stop(self, timeout: float = 10.0, check: bool = False) -> int:
+        """SIGTERM, wait, SIGKILL, by PID."""
+        if self.returncode is None:
+            if self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.proc.pid, signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait()
+            self.returncode = self.proc.returncode
+        return self.returncode
+
+
 class Gen:
     """One generator process."""
 
@@ -410,7 +480,7 @@ def merge(dicts: list[dict]) -> dict:
     return dict(out)
 
 
-async def orchestrate(args: argparse.Namespace) -> dict:
+async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
     import psutil
 
     from tests.support.server import start_server
@@ -423,14 +493,15 @@ async def orchestrate(args: argparse.Namespace) -> dict:
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     gens: list[Gen] = []
     srv = None
-    res: dict = {"config": {"clients": args.clients, "rooms_of": args.rooms_of,
+    res: dict = {"server": against,
+                 "config": {"clients": args.clients, "rooms_of": args.rooms_of,
                             "rate": args.rate, "seconds": args.seconds, "warmup": args.warmup,
                             "size": args.size, "procs": len(shares), "cpus": os.cpu_count(),
-                            "server_env": env}}
+                            "server_env": env if against == "ours" else None}}
     try:
-        srv = start_server(tmp, env=env)
+        srv = NodeServer(log) if against == "node" else start_server(tmp, env=env)
         sp = psutil.Process(srv.pid)
-        log(f"server pid {srv.pid} on {srv.base}")
+        log(f"{SERVER_NAMES[against]} server pid {srv.pid} on {srv.base}")
         await asyncio.sleep(1.0)
         rss_before = tree_rss(sp)
 
@@ -545,7 +616,7 @@ async def orchestrate(args: argparse.Namespace) -> dict:
             "server_alive_at_end": server_alive,
             "server_log_warnings": sum(1 for ln in server_log
                                        if " WARNING " in ln or " ERROR " in ln
-                                       or "Traceback" in ln),
+                                       or "Traceback" in ln or "Error" in ln),
         })
         res["bound"] = verdict(res)
         for g in gens:
@@ -649,9 +720,48 @@ def report(r: dict) -> str:
                      f"{r.get('server_exit_code')}, {r['server_log_warnings']} warning/error "
                      f"log lines"))
     width = max(len(k) for k, _ in rows)
-    head = (f"relay load: {c['clients']} clients in rooms of {c['rooms_of']}, one server "
-            f"process, 127.0.0.1")
+    head = (f"relay load: {SERVER_NAMES[r.get('server', 'ours')]}, {c['clients']} clients in "
+            f"rooms of {c['rooms_of']}, one server process, 127.0.0.1")
     return "\n".join([head, "-" * len(head), *(f"{k:<{width}}  {v}" for k, v in rows)])
+
+
+def ratios(ours: dict, node: dict) -> dict:
+    """node/ours for the headline numbers (> 1: Node has more of it)."""
+
+    def div(a: float, b: float) -> float:
+        return a / b if b and a == a and b == b else math.nan
+
+    pick = {
+        "delivered_per_s": lambda r: r["delivered_per_s"],
+        "latency_p50_ms": lambda r: r["latency_ms"]["p50"],
+        "latency_p99_ms": lambda r: r["latency_ms"]["p99"],
+        "rss_idle_mb": lambda r: r["server_rss_mb"]["clients_idle"],
+        "rss_peak_mb": lambda r: r["server_rss_mb"]["peak_during_load"],
+        "cpu_percent": lambda r: r["server_cpu_percent"],
+    }
+    return {k: {"ours": f(ours), "node": f(node), "node_over_ours": div(f(node), f(ours))}
+            for k, f in pick.items()}
+
+
+def compare_report(ours: dict, node: dict, rat: dict) -> str:
+    labels = {
+        "delivered_per_s": ("messages delivered/s", "{:.1f}"),
+        "latency_p50_ms": ("relay latency p50 (ms)", "{:.2f}"),
+        "latency_p99_ms": ("relay latency p99 (ms)", "{:.2f}"),
+        "rss_idle_mb": ("server RSS, clients idle (MB)", "{:.1f}"),
+        "rss_peak_mb": ("server RSS, peak under load (MB)", "{:.1f}"),
+        "cpu_percent": ("server CPU (% of one core)", "{:.0f}"),
+    }
+    rows = [("", "ours", "node", "node/ours")]
+    for k, (label, fmt) in labels.items():
+        v = rat[k]
+        rows.append((label, fmt.format(v["ours"]), fmt.format(v["node"]),
+                     f"{v['node_over_ours']:.2f}"))
+    rows.append(("errors", str(ours["errors_total"]), str(node["errors_total"]), ""))
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    head = "node/ours (same parameters, same machine, one after the other)"
+    return "\n".join([head, "-" * len(head), *(
+        f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:>{w[2]}}  {r[3]:>{w[3]}}" for r in rows)])
 
 
 def main() -> int:
@@ -676,6 +786,9 @@ def main() -> int:
                     help="connects/room setups in flight per generator (default 50)")
     ap.add_argument("--env", action="append", default=[], metavar="INCOGNITO_X=V",
                     help="extra server environment (repeatable), e.g. to try other limits")
+    ap.add_argument("--against", choices=("ours", "node", "both"), default="ours",
+                    help="server to load: ours, node (bench/node/relay_server.mjs, Node "
+                         "socket.io 4), or both one after the other (default ours)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON only")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -689,15 +802,27 @@ def main() -> int:
     if args.clients < 1 or args.rooms_of < 2 or args.rate <= 0 or args.seconds <= 0 \
             or args.size < HEAD_CHARS:
         ap.error("need --clients >= 1, --rooms-of >= 2, --rate > 0, --seconds > 0, --size >= 24")
+    which = ["ours", "node"] if args.against == "both" else [args.against]
+    results: dict = {}
     try:
-        res = asyncio.run(orchestrate(args))
+        for k, against in enumerate(which):
+            if k:
+                time.sleep(2.0)  # the previous run's sockets and processes gone
+            results[against] = asyncio.run(orchestrate(args, against))
+            if not args.json and len(which) > 1:
+                print(report(results[against]) + "\n", flush=True)
     except KeyboardInterrupt:
         print("interrupted; generators and server stopped", file=sys.stderr)
         return 130
+    if len(which) == 1:
+        res = results[which[0]]
+        print(json.dumps(tidy(res), indent=2, default=str) if args.json else report(res))
+        return 0
+    rat = ratios(results["ours"], results["node"])
     if args.json:
-        print(json.dumps(tidy(res), indent=2, default=str))
+        print(json.dumps(tidy({**results, "ratios": rat}), indent=2, default=str))
     else:
-        print(report(res))
+        print(compare_report(results["ours"], results["node"], rat))
     return 0
 
 
