@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import socketio
+from aiohttp.web import WebSocketResponse
+from engineio.async_drivers import aiohttp as _eio_aiohttp
 
 from .config import Config
 from .limits import Throttle, TokenBucket
@@ -41,6 +43,28 @@ RESERVED_EVENTS = frozenset({"connect", "disconnect", "connect_error", "disconne
 LIBRARY_EVENT_NAMES = RESERVED_EVENTS | {"*"}
 MAX_ATTACHMENTS = 4  # binary attachments one socket.io packet may announce
 _BINARY_HEADER = re.compile(r"^[56](\d{1,6})-")
+
+
+# How long closing a WebSocket waits for the client's close frame (aiohttp's default: 10 s).
+WS_CLOSE_TIMEOUT = 0.5
+
+
+class QuickCloseWebSocket(_eio_aiohttp.WebSocket):
+    """engine.io's aiohttp WebSocket adapter, closing with a short wait for the client's close
+    frame. When a client stops answering (a frozen browser, a network gone without a FIN),
+    engine.io's ping timeout closes its socket, and the ``disconnect`` that takes the peer out
+    of its room comes only once that close returns: with aiohttp's 10 s the others kept a dead
+    peer's tile for the ping window plus up to 10 s. (Same body as the library's ``__call__``,
+    which gives no way to pass the timeout; python-engineio 4.x.)"""
+
+    async def __call__(self, environ: dict) -> Any:
+        request = environ["aiohttp.request"]
+        self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size,
+                                       timeout=WS_CLOSE_TIMEOUT)
+        await self._sock.prepare(request)
+        self.environ = environ
+        await self.handler(self)
+        return self._sock
 
 
 class GuardedServer(socketio.AsyncServer):
@@ -168,6 +192,7 @@ class Signaling:
             logger=logging.getLogger("incognito_onion.socketio"),
             engineio_logger=logging.getLogger("incognito_onion.engineio"),
         )
+        self.sio.eio._async = {**self.sio.eio._async, "websocket": QuickCloseWebSocket}
         self.sio.on_malformed = self._allow_error_reply
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
