@@ -54,9 +54,12 @@ from tests.support.browsers import (  # noqa: E402
     CHROMIUM,
     CHROMIUM_FLAGS,
     FIREFOX,
+    FIREFOX_AUTOPLAY,
     FIREFOX_TEST_PREFS,
+    FIREFOX_TOR_LIKE,
     Firefox,
     _firefox_env,
+    _kill_pids,
     _user_js,
 )
 from tests.support.onion_up import Up  # noqa: E402
@@ -241,15 +244,7 @@ SNAPSHOT_JS = r"""
 })()
 """
 
-FF_TOR_LIKE = {
-    # tests/test_media_relay_browsers.py TOR_LIKE: no WebRTC, no camera (Tor Browser);
-    # resistFingerprinting off (see there why)
-    "media.peerconnection.enabled": False,
-    "media.navigator.enabled": False,
-    "privacy.resistFingerprinting": False,
-    "media.autoplay.default": 0,
-    "media.autoplay.blocking_policy": 0,
-}
+FF_TOR_LIKE = {**FIREFOX_TOR_LIKE, **FIREFOX_AUTOPLAY}  # as the tests' Tor Browser
 
 
 def say(text: str) -> None:
@@ -274,18 +269,7 @@ def _tree(pid: int) -> set[int]:
 
 
 def kill_pids(pids: set[int], grace: float = 3.0) -> None:
-    procs = []
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            procs.append(psutil.Process(pid))
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=grace)
+    _kill_pids(pids, grace)
 
 
 class Chromiums:

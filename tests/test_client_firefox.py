@@ -9,17 +9,13 @@ import asyncio
 
 import pytest
 
-from tests.support.browsers import ff_wait
+from tests.support.browsers import FIREFOX_AUTOPLAY, FIREFOX_TOR_LIKE, ff_wait
 from tests.support.webclient import NO_TURN, STATS_JS, new_participant, wait_media
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-AUTOPLAY = {"media.autoplay.default": 0, "media.autoplay.blocking_policy": 0}
-TOR_LIKE = {
-    "media.peerconnection.enabled": False,
-    "media.navigator.enabled": False,
-    "privacy.resistFingerprinting": True,
-}
+AUTOPLAY = FIREFOX_AUTOPLAY
+TOR_LIKE = FIREFOX_TOR_LIKE
 
 
 async def ff_join(ff, url: str, name: str) -> None:

@@ -9,18 +9,12 @@ import time
 
 import pytest
 
-from tests.support.browsers import ff_wait
+from tests.support.browsers import FIREFOX_AUTOPLAY, FIREFOX_TOR_LIKE, ff_wait
 from tests.support.webclient import NO_TURN, new_participant
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-AUTOPLAY = {"media.autoplay.default": 0, "media.autoplay.blocking_policy": 0}
-TOR_LIKE = {
-    "media.peerconnection.enabled": False,
-    "media.navigator.enabled": False,
-    "privacy.resistFingerprinting": True,
-    **AUTOPLAY,
-}
+TOR_LIKE = {**FIREFOX_TOR_LIKE, **FIREFOX_AUTOPLAY}
 EBML = b"\x1a\x45\xdf\xa3"
 
 # What the page plays of each relay sender: {peer: {a: stats, v: stats, w: videoWidth}}

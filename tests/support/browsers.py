@@ -88,6 +88,16 @@ def _kill_pids(pids: set[int], grace: float = 5.0) -> None:
     psutil.wait_procs(alive, timeout=grace)
 
 
+FIREFOX_AUTOPLAY: dict[str, Any] = {"media.autoplay.default": 0,
+                                    "media.autoplay.blocking_policy": 0}
+#: Tor Browser's media settings: no WebRTC, no camera/microphone, resistFingerprinting
+FIREFOX_TOR_LIKE: dict[str, Any] = {
+    "media.peerconnection.enabled": False,
+    "media.navigator.enabled": False,
+    "privacy.resistFingerprinting": True,
+}
+
+
 async def ff_wait(ff: Any, js: str, *args: Any, timeout: float = 45.0, what: str = "",
                   interval: float = 0.2) -> Any:
     """Polls ``js`` (a function body) in the Firefox page until it returns something truthy and
