@@ -516,10 +516,13 @@ async def socks_reply_code(socks_port: int, host: str, port: int, timeout: float
 
 
 async def fetch_via_socks(socks_port: int, url: str, deadline: float = 60,
-                          username: str = "") -> tuple[int, str, dict[str, str]]:
+                          username: str = "", attempt: float = 30.0,
+                          fresh_circuits: bool = False) -> tuple[int, str, dict[str, str]]:
     """GET ``url`` through the SocksPort (rdns: tor resolves the onion); retried until it
     answers or ``deadline`` seconds pass (a client may hold a stale descriptor for a moment
-    after a republish). Returns (status, body, headers)."""
+    after a republish). Each try gets at most ``attempt`` seconds; ``fresh_circuits`` gives each
+    try a SOCKS username of its own, so tor isolates it onto new circuits instead of waiting
+    on one that hangs. Returns (status, body, headers)."""
     import asyncio
 
     import aiohttp
@@ -527,15 +530,20 @@ async def fetch_via_socks(socks_port: int, url: str, deadline: float = 60,
 
     end = time.monotonic() + deadline
     last: Exception | None = None
+    tries = 0
     while time.monotonic() < end:
-        proxy = f"socks5://{username + ':x@' if username else ''}127.0.0.1:{socks_port}"
+        tries += 1
+        user = f"{username or 'try'}-{tries}" if fresh_circuits else username
+        proxy = f"socks5://{user + ':x@' if user else ''}127.0.0.1:{socks_port}"
         connector = ProxyConnector.from_url(proxy, rdns=True)
         try:
             async with aiohttp.ClientSession(connector=connector) as session:
-                timeout = aiohttp.ClientTimeout(total=max(1.0, min(30.0, end - time.monotonic())))
+                timeout = aiohttp.ClientTimeout(
+                    total=max(1.0, min(attempt, end - time.monotonic())))
                 async with session.get(url, timeout=timeout) as resp:
                     return resp.status, await resp.text(), dict(resp.headers)
         except (TimeoutError, aiohttp.ClientError, ProxyError, OSError) as exc:
             last = exc
             await asyncio.sleep(0.5)
-    raise TorNetError(f"could not fetch through SOCKS within {deadline:g}s: {last!r}")
+    raise TorNetError(f"could not fetch through SOCKS within {deadline:g}s ({tries} tries): "
+                      f"{last!r}")
