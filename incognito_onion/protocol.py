@@ -18,7 +18,7 @@ from .rooms import RoomError
 # "peers" (a list of at most MAX_PEER_LIST peer ids); a trailing "?" marks optional
 EVENTS: dict[str, dict[str, str]] = {
     "create": {"meta": "opaque?"},
-    "join": {"room": "room", "meta": "opaque?", "resume": "resume?"},
+    "join": {"room": "room", "meta": "opaque?", "resume": "resume?", "restore": "resume?"},
     "message": {"room": "room", "data": "opaque"},
     "connection": {"room": "room", "to": "peer", "data": "opaque"},
     "connection/shareScreen": {"room": "room", "data": "opaque?"},

@@ -126,13 +126,19 @@ class Registry:
         self.rooms[room.id] = room
         return room
 
-    def create(self, sid: str, meta: str = "") -> Joined:
+    def create(self, sid: str, meta: str = "", room_id: str | None = None) -> Joined:
+        """A new room with ``sid`` as host; ``room_id`` opens a room again under the id it had
+        before the server restarted (the caller checked the restore ticket), and raises
+        ``room_exists`` when that room is open (someone restored it first: join it)."""
         self._check_per_connection(sid)
+        if room_id is not None and room_id in self.rooms and not self._expired(
+                self.rooms[room_id]):
+            raise RoomError("room_exists", "this room is open again; join it")
         if len(self.rooms) >= self.max_rooms:
             self.sweep()
             if len(self.rooms) >= self.max_rooms:
                 raise RoomError("server_full", "this server holds as many rooms as it may")
-        room = Room(id=self._fresh_id(), capacity=self.capacity)
+        room = Room(id=room_id or self._fresh_id(), capacity=self.capacity)
         self.rooms[room.id] = room
         peer = self._add(room, sid, meta)
         return Joined(room, peer, resumed=False, replaced_sid=None)

@@ -88,8 +88,8 @@ class LocalRooms:
     async def open_pinned(self) -> Room:
         return self.registry.open_pinned()
 
-    async def create(self, sid: str, meta: str = "") -> Joined:
-        return self.registry.create(sid, meta)
+    async def create(self, sid: str, meta: str = "", room_id: str | None = None) -> Joined:
+        return self.registry.create(sid, meta, room_id)
 
     async def join(self, room_id: str, sid: str, meta: str = "",
                    resume: str | None = None) -> Joined:
@@ -291,18 +291,20 @@ class SharedRooms:
 
         return await self._txn([k_room(room.id)], body)
 
-    async def create(self, sid: str, meta: str = "") -> Joined:
+    async def create(self, sid: str, meta: str = "", room_id: str | None = None) -> Joined:
+        """A new room with ``sid`` as host; ``room_id``: opened again under its old id (see
+        ``Registry.create``), ``room_exists`` when it is open."""
         for attempt in range(2):
             try:
-                return await self._create(sid, meta)
+                return await self._create(sid, meta, room_id)
             except RoomError as exc:
                 if exc.code != "server_full" or attempt:
                     raise
                 await self.sweep()
         raise AssertionError("unreachable")
 
-    async def _create(self, sid: str, meta: str) -> Joined:
-        room = Room(id=ids.new_room_id(), capacity=self.capacity)
+    async def _create(self, sid: str, meta: str, room_id: str | None = None) -> Joined:
+        room = Room(id=room_id or ids.new_room_id(), capacity=self.capacity)
 
         async def body(pipe: Any):
             if await pipe.hlen(k_sid(sid)) >= self.per_connection:
@@ -310,14 +312,21 @@ class SharedRooms:
                                 f"one connection can be in at most {self.per_connection} rooms")
             if await pipe.scard(K_ROOMS) >= self.max_rooms:
                 raise RoomError("server_full", "this server holds as many rooms as it may")
-            if await pipe.exists(k_room(room.id)):  # 128 random bits: never, but be exact
-                room.id = ids.new_room_id()
-                raise _Retry
+            if await pipe.exists(k_room(room.id)):
+                existing = await self._load(pipe, room.id)
+                if room_id is not None and existing is not None and not expired(
+                        existing, self.clock(), self.empty_grace):
+                    raise RoomError("room_exists", "this room is open again; join it")
+                if room_id is None:  # 128 random bits: never, but be exact
+                    room.id = ids.new_room_id()
+                    raise _Retry
             room.peers.clear()
             room.host = None
             peer = add_peer(room, sid, meta, self.node)
 
             def writes(p: Any) -> None:
+                if room_id is not None:  # an expired room of that id leaves no profiles
+                    p.delete(k_meta(room.id))
                 p.set(k_room(room.id), encode_room(room))
                 p.sadd(K_ROOMS, room.id)
                 p.hset(k_meta(room.id), peer.id, meta)
@@ -326,7 +335,7 @@ class SharedRooms:
 
         while True:
             try:
-                return await self._txn([K_ROOMS, k_sid(sid)], body)
+                return await self._txn([K_ROOMS, k_sid(sid), k_room(room.id)], body)
             except _Retry:
                 continue
 

@@ -19,7 +19,8 @@ from .config import Config
 from .limits import Throttle, TokenBucket
 from .media_relay import Chunk, RoomRelay, StreamKey
 from .protocol import parse
-from .rooms import Departure, Registry, Room, RoomError
+from .room_tickets import RoomTickets
+from .rooms import Departure, Joined, Registry, Room, RoomError
 from .shared_rooms import LocalRooms
 
 log = logging.getLogger("incognito_onion.signaling")
@@ -152,9 +153,12 @@ class Signaling:
 
     def __init__(self, cfg: Config, registry: Registry | None = None,
                  ice: IceProvider = no_turn_ice, rooms: Any = None,
-                 client_manager: Any = None):
+                 client_manager: Any = None, tickets: RoomTickets | None = None):
         self.cfg = cfg
         self.ice = ice
+        # restore tickets (room_tickets.py): a call outlives a restart of the server when the
+        # secret is kept in the state dir (up does); by default valid for this process only
+        self.tickets = tickets or RoomTickets()
         self.registry = registry or Registry(
             capacity=cfg.rooms.capacity,
             max_rooms=cfg.rooms.max_rooms,
@@ -275,6 +279,7 @@ class Signaling:
             "peer": peer_id,
             "host": room.host,
             "resume": resume,
+            "restore": self.tickets.issue(room.id),
             "locked": room.locked,
             "capacity": room.capacity,
             "peers": [{"peer": p.id, "meta": p.meta} for p in room.others(peer_id)],
@@ -297,9 +302,9 @@ class Signaling:
         try:
             joined = await self.rooms.join(f["room"], sid, f.get("meta", ""), f.get("resume"))
         except RoomError as exc:
-            if exc.code == "room_not_found":
-                conn.failed_joins.allow()
-            raise
+            if exc.code != "room_not_found":
+                raise
+            joined = await self._restore(sid, conn, f)
         room, peer = joined.room, joined.peer
         if joined.replaced_sid is not None:
             await self.sio.leave_room(joined.replaced_sid, room.id)
@@ -313,6 +318,24 @@ class Signaling:
                             room=room.id, skip_sid=sid)
         log.debug("peer joined a room (%d peers in it)", len(room.peers))
         return self._welcome(sid, room, peer.id, peer.resume)
+
+    async def _restore(self, sid: str, conn: _Conn, f: dict[str, Any]) -> Joined:
+        """A join of a room this server does not know: with a valid restore ticket the room
+        opens again under its id (the server restarted under a call), else ``room_not_found``
+        at the price of one failed join."""
+        if not self.tickets.valid(f["room"], f.get("restore")):
+            conn.failed_joins.allow()
+            raise RoomError("room_not_found", "no such room (it may have ended)")
+        try:
+            joined = await self.rooms.create(sid, f.get("meta", ""), room_id=f["room"])
+        except RoomError as exc:
+            if exc.code != "room_exists":
+                raise
+            # someone else brought it back first: an ordinary join (never a resume: this
+            # server issued no resume token for it before its restart)
+            return await self.rooms.join(f["room"], sid, f.get("meta", ""), None)
+        log.info("a room came back after a server restart (%d open)", await self.rooms.count())
+        return joined
 
     async def _message(self, sid: str, ev: str, f: dict[str, Any]) -> dict[str, Any]:
         room, peer = await self.rooms.member(f["room"], sid)

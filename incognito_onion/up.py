@@ -21,8 +21,9 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from . import exitcodes, ids
+from . import exitcodes, ids, room_tickets
 from .config import Config
+from .room_tickets import RoomTickets
 from .signaling import IceProvider, no_turn_ice
 from .web import create_app
 from .worker import WorkerError, WorkerPool, make_signaling, turn_spec
@@ -165,7 +166,8 @@ async def _serve(cfg: Config, state_dir: Path, opts: UpOptions, stop: asyncio.Ev
             ice, turn_port, turn = await _start_turn(cfg, state_dir, stack)
         else:
             _say("TURN is off: browsers connect directly, so they learn each other's addresses")
-        signaling = make_signaling(cfg, ice, redis.url if redis else None)
+        signaling = make_signaling(cfg, ice, redis.url if redis else None,
+                                   _load_tickets(state_dir))
         app = create_app(signaling)
         runner = await _start_web(app, cfg.server.host, cfg.server.port, reuse_port=workers > 1)
         stack.push_async_callback(runner.cleanup)
@@ -177,7 +179,8 @@ async def _serve(cfg: Config, state_dir: Path, opts: UpOptions, stop: asyncio.Ev
 
             redis.on_restart = reopen
             pool = WorkerPool({"config": cfg.as_dict(), "redis": redis.url, "port": port,
-                               "turn": turn}, workers - 1, on_event=lambda m: _say(m))
+                               "turn": turn, "tickets": signaling.tickets.hex()},
+                              workers - 1, on_event=lambda m: _say(m))
             stack.push_async_callback(pool.stop)
             try:
                 await pool.start()
@@ -257,6 +260,16 @@ class _ProgressBar:
             print(f"\r\x1b[2K{line}", end=end, file=self.out, flush=True)
         else:
             print(line, file=self.out, flush=True)
+
+
+def _load_tickets(state_dir: Path) -> RoomTickets:
+    """The restore-ticket secret from the state dir (made there on first use)."""
+    from .state import StateDirError
+
+    try:
+        return room_tickets.load(state_dir)
+    except (StateDirError, OSError) as exc:
+        raise UpError(str(exc), exitcodes.STATE) from None
 
 
 async def _start_tor(cfg: Config, state_dir: Path, web_port: int, turn_port: int | None,

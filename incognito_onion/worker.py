@@ -8,10 +8,11 @@ python-socketio's ``AsyncRedisManager``; socket.io runs websocket-only, since th
 long-polling session may reach different processes.
 
 A child reads its settings as one JSON line on standard input (the validated config, the redis
-URL, the bound port and, with TURN, the secret its credentials are made from; nothing of this
-is on a command line or in the environment), prints ``ready`` once it listens, and stops on
-SIGTERM or when its standard input closes (``up`` went away, even if killed). ``up`` restarts a
-child that dies; the peers it held are removed by the others' sweep (:mod:`shared_rooms`).
+URL, the bound port, the restore-ticket secret and, with TURN, the secret its TURN credentials
+are made from; nothing of this is on a command line or in the environment), prints ``ready``
+once it listens, and stops on SIGTERM or when its standard input closes (``up`` went away, even
+if killed). ``up`` restarts a child that dies; the peers it held are removed by the others'
+sweep (:mod:`shared_rooms`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 from . import exitcodes
 from .config import Config
+from .room_tickets import RoomTickets
 from .signaling import IceProvider, Signaling, no_turn_ice
 
 log = logging.getLogger("incognito_onion.worker")
@@ -39,10 +41,12 @@ START_TIMEOUT = 30.0
 CHANNEL = "incognito-onion"
 
 
-def make_signaling(cfg: Config, ice: IceProvider, redis_url: str | None) -> Signaling:
-    """One process's signaling: rooms in this process, or (``redis_url``) shared by all."""
+def make_signaling(cfg: Config, ice: IceProvider, redis_url: str | None,
+                   tickets: RoomTickets | None = None) -> Signaling:
+    """One process's signaling: rooms in this process, or (``redis_url``) shared by all.
+    ``tickets``: the server's restore tickets (the same secret in every process)."""
     if redis_url is None:
-        return Signaling(cfg, ice=ice)
+        return Signaling(cfg, ice=ice, tickets=tickets)
     import socketio
 
     from .shared_rooms import SharedRooms
@@ -53,7 +57,7 @@ def make_signaling(cfg: Config, ice: IceProvider, redis_url: str | None) -> Sign
         redis_url, node=manager.host_id, capacity=cfg.rooms.capacity,
         max_rooms=cfg.rooms.max_rooms, per_connection=cfg.rooms.per_connection,
         empty_grace=cfg.rooms.empty_grace_seconds)
-    return Signaling(cfg, ice=ice, rooms=rooms, client_manager=manager)
+    return Signaling(cfg, ice=ice, rooms=rooms, client_manager=manager, tickets=tickets)
 
 
 def turn_spec(sup: Any, policy: str) -> dict[str, Any]:
@@ -183,7 +187,8 @@ async def _child(cfg: Config, spec: dict[str, Any]) -> int:
     from .web import create_app
 
     ice = turn_ice(cfg, spec["turn"]) if spec.get("turn") else no_turn_ice
-    signaling = make_signaling(cfg, ice, spec["redis"])
+    signaling = make_signaling(cfg, ice, spec["redis"],
+                               RoomTickets(bytes.fromhex(spec["tickets"])))
     app = create_app(signaling)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

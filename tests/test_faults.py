@@ -2,7 +2,8 @@
 a browser whose processes are killed (its TCP connections close) and a browser that freezes
 (SIGSTOP: its connections stay open and silent, so only the server's pings can tell) leave no
 ghost tile behind, and both are dropped within the ping window
-(``server.ping_interval + server.ping_timeout``, 10 s with the shipped defaults).
+(``server.ping_interval + server.ping_timeout``, 10 s with the shipped defaults); the server
+killed mid-call and started again: the call resumes by itself (restore tickets).
 
 Each person runs in a Chromium of their own (``chromium_factory``), so one can be killed by PID
 without touching the others.
@@ -21,9 +22,16 @@ import pytest
 
 from incognito_onion.schema import BY_PATH
 from tests.support.browsers import _children, _descendants, _is_browser_pid
-from tests.support.webclient import CHROMIUM_EXTRA, fake_video, new_participant, wait_media
+from tests.support.webclient import (
+    CHROMIUM_EXTRA,
+    fake_video,
+    new_participant,
+    start_turn_server,
+    stop_server,
+    wait_media,
+)
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.timeout(240)]
 
 PING_INTERVAL = BY_PATH["server.ping_interval"].default
 PING_TIMEOUT = BY_PATH["server.ping_timeout"].default
@@ -34,6 +42,11 @@ NOTICE = 1.0
 
 TILES = ("JSON.stringify({tiles: [...document.querySelectorAll('#grid .tile')].map("
          "(t) => t.dataset.peer), peers: [...incognito.peers.keys()]})")
+
+
+MESH = ("JSON.stringify({mesh: !!incognito.mesh, links: incognito.mesh ? [...incognito.mesh.links"
+        ".keys()] : null, self: incognito.mesh && incognito.mesh.self, excluded: incognito.mesh"
+        " ? [...incognito.mesh.excluded] : null, path: document.body.dataset.path})")
 
 
 def tile(peer: str) -> str:
@@ -130,3 +143,63 @@ async def test_killed_and_frozen_browsers_drop_out_within_the_ping_window(
     assert frozen <= WINDOW + NOTICE
     assert await a.js("document.querySelectorAll('#grid .tile').length") == 1
     await asyncio.sleep(0)  # let Playwright notice the dead browsers before teardown
+
+
+async def test_a_killed_server_comes_back_and_the_call_resumes_by_itself(
+        webchromium, tmp_path):
+    """The server process (and with it its coturn) is killed mid-call and started again on the
+    same port and state dir: both pages reconnect, bring the room back with its restore ticket
+    and rebuild their peer connections through the new coturn, without a reload: no ghost tile,
+    video both ways again, chat again."""
+    srv = start_turn_server(tmp_path)
+    try:
+        parts = [await new_participant(webchromium, srv.url, n) for n in ("Alice", "Bob")]
+        for p in parts:
+            await p.join()
+        a, b = parts
+        await wait_media(parts, 1, audio=False)
+        before = [await p.self_id() for p in parts]
+        coturn = [q for q in psutil.Process(srv.pid).children(recursive=True)
+                  if "turnserver" in q.name()]
+        assert coturn, "no coturn under the server"
+
+        t0 = time.monotonic()
+        srv.kill()
+        _, alive = psutil.wait_procs(coturn, timeout=10)  # it dies with up (pdeathsig)
+        assert not alive, f"coturn outlived the killed server: {[q.pid for q in alive]}"
+        for p in parts:  # the pages notice: reconnecting, not a blank screen
+            await p.wait("incognito.sig && document.body.dataset.screen === 'call' && "
+                         "!incognito.sig.socket.connected", timeout=10)
+        srv = srv.relaunch()
+
+        now = []
+        for p, old in zip(parts, before, strict=True):
+            await p.wait(f"incognito.sig.socket.connected && incognito.sig.rejoins >= 1 && "
+                         f"incognito.sig.self && incognito.sig.self !== '{old}' && "
+                         f"incognito.peers.size === 1", timeout=30, why=TILES)
+            now.append(await p.self_id())
+        back = time.monotonic() - t0
+        assert await a.js("[...incognito.peers.keys()]") == [now[1]]
+        assert await b.js("[...incognito.peers.keys()]") == [now[0]]
+        try:
+            await wait_media(parts, 1, audio=False)
+        except AssertionError as exc:
+            state = [f"{p.name}: {await p.js(MESH)}; console: {p.console[-15:]}"
+                     for p in parts]
+            raise AssertionError(f"{exc}\n" + "\n".join(state)) from None
+        resumed = time.monotonic() - t0
+        for p in parts:  # no ghost: two tiles, none of the peer ids from before the crash
+            assert await p.js("document.querySelectorAll('#grid .tile').length") == 2
+            for old in before:
+                assert await p.js(f"!{tile(old)}")
+            assert await p.screen() == "call"
+        stats = await a.stats()
+        assert stats[now[1]]["candidateType"] == "relay", stats  # through the new coturn
+        await a.page.click("#btn-chat")
+        await a.page.fill("#chat-input", "we are back")
+        await a.page.press("#chat-input", "Enter")
+        await b.wait("incognito.chat.some((m) => m.text === 'we are back')")
+        print(f"\nserver killed: both back in the room {back:.2f} s later, video both ways "
+              f"again after {resumed:.2f} s")
+    finally:
+        stop_server(srv)

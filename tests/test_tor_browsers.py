@@ -431,6 +431,7 @@ async def test_client_auth_keys_add_then_up(tor_network, up_factory, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.faults
 async def test_killed_tor_is_relaunched_and_the_address_answers_again(tor_network, up_factory):
     up = up_factory(env=launch_env(tor_network))
     m = await asyncio.to_thread(up.wait_url, URL_WAIT)

@@ -181,6 +181,7 @@ async def test_client_auth_without_keys_is_refused(tor_network, tmp_path):
         assert info.value.exit_code == 32
 
 
+@pytest.mark.faults
 async def test_watchdog_relaunches_and_republishes(tor_network, web_port, tmp_path):
     net = tor_network
     events: list = []
@@ -221,6 +222,7 @@ async def test_watchdog_relaunches_and_republishes(tor_network, web_port, tmp_pa
     assert pid_gone(new_pid)
 
 
+@pytest.mark.faults
 async def test_watchdog_a_visitor_introduced_to_the_dying_tor_gets_through(tor_network,
                                                                            web_port, tmp_path):
     """The race of killing tor while serving, made certain: tor is stopped (SIGSTOP), a visitor's
@@ -267,6 +269,7 @@ async def test_watchdog_a_visitor_introduced_to_the_dying_tor_gets_through(tor_n
         print(f"\nintroduced to the dying tor: answered {back:.2f}s after the kill")
 
 
+@pytest.mark.faults
 async def test_attach_watchdog_reconnects_and_republishes(tor_network, web_port, tmp_path):
     """The attached tor drops our control connection (as when it restarts): the onion, tied to
     that connection, is gone; the watchdog reconnects and republishes the same address."""

@@ -192,6 +192,7 @@ async def _sample(side, ok, deadline: float) -> int:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.faults
 async def test_chromium_to_chromium_relay_only_and_after_coturn_restart(
         coturn, chromium, page_url, artifacts):
     a = await _chromium_side(chromium, page_url)

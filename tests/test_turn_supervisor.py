@@ -131,6 +131,7 @@ async def test_dedicated_loopback_relay_address(coturn_factory):
         assert info.value.code == 403
 
 
+@pytest.mark.faults
 async def test_kill_coturn_it_is_back_within_2s(coturn):
     old = coturn.pid
     cred = issue(coturn.secret, "p", ttl=60)
@@ -345,6 +346,7 @@ async def test_second_run_on_the_same_state_dir_is_refused(coturn):
     assert coturn.pid and _alive(coturn.pid)
 
 
+@pytest.mark.faults
 async def test_coturn_orphaned_by_a_crashed_run_is_replaced(tmp_path):
     cfg = make_turn_config()
     state = tmp_path / "s"

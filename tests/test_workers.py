@@ -355,6 +355,7 @@ async def test_polling_is_refused_with_several_workers(two_workers):
             assert r.status == 200
 
 
+@pytest.mark.faults
 async def test_a_killed_worker_is_restarted_and_its_peers_leave(two_workers):
     srv = two_workers
     spare: list[Peer] = []
@@ -395,6 +396,7 @@ async def test_long_state_dir_puts_the_socket_in_a_private_temp_dir(tmp_path):
     assert not sock.parent.exists()
 
 
+@pytest.mark.faults
 async def test_redis_restart_reopens_the_printed_room(two_workers):
     srv = two_workers
     redis = next(p for p in psutil.Process(srv.pid).children(recursive=True)

@@ -464,6 +464,10 @@ function enterCall() {
       }));
       if (relay) switchToRelay();
     });
+    mesh.addEventListener('relay-unreachable', () => {
+      setNotice('ice', 'warn', 'The TURN relay cannot be reached right now (is the server '
+        + 'restarting?). Trying again…', 8000);
+    });
   }
   if (state.verdict.canSend && canFeedRelay(globalThis)) {
     state.relaySender = new RelaySender({

@@ -13,11 +13,15 @@
  * A non-initiator that (re)joins sends `{hello: true}` so the initiator (re)builds a dead link.
  *
  * Events: `track` {peer, stream}; `link-state` {peer, state}; `budget` (see planBudget);
- * `link-closed` {peer}; `no-candidates` {peer} (ICE gathered nothing: relay unreachable).
+ * `link-closed` {peer}; `no-candidates` {peer} (ICE gathered nothing, and never did on this
+ * page: this browser cannot make calls here); `relay-unreachable` {peer} (gathered nothing
+ * this time, though it did before: the TURN server is away for now; retried).
  */
 
 /** Audio's share of each link's budget, kbit/s. */
 export const AUDIO_KBPS = 40;
+/** how long a link waits before it tries again when the TURN server could not be reached */
+export const RELAY_RETRY_MS = 3000;
 
 /**
  * How to spend the upload budget across links.
@@ -77,6 +81,7 @@ export class Link {
     /** @type {RTCRtpTransceiver | null} */ this.audioTx = null;
     /** @type {RTCRtpTransceiver | null} */ this.videoTx = null;
     /** @type {ReturnType<typeof setTimeout> | null} */ this.disconnectTimer = null;
+    /** @type {ReturnType<typeof setTimeout> | null} */ this.retryTimer = null;
     /** last stats sample, for rates */
     /** @type {{t: number, lost: number, recv: number, frames: number} | null} */
     this.lastSample = null;
@@ -95,14 +100,17 @@ export class Link {
     this.gathered = 0;
     pc.onicecandidate = ({ candidate }) => {
       if (!candidate) return;
-      if (candidate.candidate) this.gathered += 1;
+      if (candidate.candidate) {
+        this.gathered += 1;
+        mesh.everGathered = true;
+      }
       this.send({ candidate: candidate.toJSON() });
     };
     pc.onicegatheringstatechange = () => {
       // nothing at all to offer: the relay is unreachable (or, in Firefox behind a proxy,
       // proxy-only mode found no default address): say so instead of waiting forever
       if (pc.iceGatheringState === 'complete' && this.gathered === 0 && !this.closed) {
-        mesh._fire('no-candidates', { peer });
+        this._nothingGathered();
       }
     };
     pc.ontrack = ({ track }) => {
@@ -194,8 +202,8 @@ export class Link {
     if (state === 'failed' && this.gathered === 0) {
       // ICE failed without this side ever gathering a candidate: Firefox 153 in proxy-only
       // mode (Tor Browser's and Mullvad Browser's setting, behind a proxy) fails this way and
-      // leaves its gathering state at 'new'. A restart cannot help; say so.
-      this.mesh._fire('no-candidates', { peer: this.peer });
+      // leaves its gathering state at 'new'.
+      this._nothingGathered();
     } else if (state === 'failed') {
       this.restartIce();
     } else if (state === 'disconnected') {
@@ -203,6 +211,25 @@ export class Link {
         if (this.pc.iceConnectionState === 'disconnected') this.restartIce();
       }, 4000);
     }
+  }
+
+  /**
+   * This link gathered no candidate. If this browser never gathered one, it cannot make
+   * WebRTC calls here (e.g. proxy-only mode behind Tor): `no-candidates`, and no retry can
+   * help. If it did before, the TURN server is unreachable for now (e.g. the server is
+   * restarting): `relay-unreachable`, and try again in a few seconds.
+   */
+  _nothingGathered() {
+    if (!this.mesh.everGathered) {
+      this.mesh._fire('no-candidates', { peer: this.peer });
+      return;
+    }
+    if (this.retryTimer || this.closed) return;
+    this.mesh._fire('relay-unreachable', { peer: this.peer });
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.restartIce();
+    }, RELAY_RETRY_MS);
   }
 
   /** ICE restart; the initiator rebuilds the link after three restarts that did not help. */
@@ -226,6 +253,7 @@ export class Link {
     if (this.closed) return;
     this.closed = true;
     if (this.disconnectTimer) clearTimeout(this.disconnectTimer);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
     this.pc.onnegotiationneeded = null;
     this.pc.onicecandidate = null;
     this.pc.ontrack = null;
@@ -305,6 +333,8 @@ export class Mesh extends EventTarget {
     /** peers that cannot do WebRTC (they said so): no link is made to them */
     /** @type {Set<string>} */
     this.excluded = new Set();
+    /** whether any link of this page ever gathered an ICE candidate (see _nothingGathered) */
+    this.everGathered = false;
   }
 
   /**

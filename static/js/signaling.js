@@ -91,6 +91,8 @@ export class Signaling extends EventTarget {
     /** @type {string | null} */ this.self = null;
     /** @type {string | null} */ this.host = null;
     /** @type {string | null} */ this.resume = null;
+    /** the room's restore ticket: brings the room back if the server restarted under us */
+    /** @type {string | null} */ this.restore = null;
     this.locked = false;
     this.capacity = 0;
     /** @type {Map<string, {profile: any}>} */
@@ -290,6 +292,7 @@ export class Signaling extends EventTarget {
       /** @type {Record<string, string>} */
       const payload = { room, meta };
       if (this.resume) payload.resume = this.resume;
+      if (this.restore) payload.restore = this.restore;
       const ack = await this.request('join', payload);
       this.rejoins += 1;
       if (ack.peer === before) this.resumes += 1;
@@ -320,6 +323,7 @@ export class Signaling extends EventTarget {
     this.self = ack.peer;
     this.host = ack.host;
     this.resume = ack.resume;
+    this.restore = typeof ack.restore === 'string' ? ack.restore : null;
     this.locked = !!ack.locked;
     this.capacity = ack.capacity;
     if (ack.media && typeof ack.media.uploadKbps === 'number') this.media = ack.media;
@@ -327,6 +331,9 @@ export class Signaling extends EventTarget {
       this.mediaCipher = new MediaCipher(this.keyBytes, ack.room);
     }
     this._setIce(ack);
+    // a rejoin may bring new TURN credentials (a restarted server has a new coturn secret):
+    // links made from now on must use them
+    this._fire('ice', this.ice);
     this.active = true;
     this.peers.clear();
     /** @type {PeerInfo[]} */

@@ -16,6 +16,13 @@ class FakeServer {
   constructor() {
     this.rooms = new Map();
     this.seen = [];
+    this.turnUser = 'first';
+  }
+
+  /** the process was killed and started again: it knows no room, its TURN secret is new */
+  restart() {
+    this.rooms = new Map();
+    this.turnUser = 'after-restart';
   }
 
   socket() {
@@ -27,9 +34,10 @@ class FakeServer {
     const reply = (x) => ack && ack(x);
     const welcome = (room, peer) => ({
       ok: true, room: room.id, peer: peer.id, host: room.host, resume: peer.resume,
-      locked: false, capacity: 6,
+      restore: `ticket-${room.id}`, locked: false, capacity: 6,
       peers: [...room.peers.values()].filter((q) => q !== peer).map((q) => ({ peer: q.id, meta: q.meta })),
-      iceServers: [], iceTransportPolicy: 'all', iceExpires: null,
+      iceServers: [{ urls: ['turn:127.0.0.1:3478?transport=tcp'], username: this.turnUser, credential: 'c' }],
+      iceTransportPolicy: 'relay', iceExpires: null, // null: no refresh timer keeps node alive
       media: { uploadKbps: 2000, minVideoKbps: 150 },
     });
     if (event === 'create') {
@@ -40,6 +48,9 @@ class FakeServer {
       this.rooms.set(room.id, room);
       sock.peer = peer; sock.room = room;
       return reply(welcome(room, peer));
+    }
+    if (event === 'join' && !this.rooms.has(p.room) && p.restore === `ticket-${p.room}`) {
+      this.rooms.set(p.room, { id: p.room, peers: new Map(), host: null });
     }
     const room = this.rooms.get(p.room);
     if (!room) return reply({ ok: false, error: { code: 'room_not_found', message: 'x' } });
@@ -55,6 +66,7 @@ class FakeServer {
       }
       const peer = { id: id(16), resume: id(22), meta: p.meta, sock };
       room.peers.set(peer.id, peer);
+      if (!room.host) room.host = peer.id;
       sock.peer = peer; sock.room = room;
       for (const q of room.peers.values()) {
         if (q !== peer) q.sock.deliver('joined', { room: room.id, peer: peer.id, meta: peer.meta, resumed: false });
@@ -222,6 +234,45 @@ test('after the socket comes back the client rejoins with its resume token', asy
   const got = next(a, 'message');
   await b.broadcast({ after: 'resume' });
   assert.deepEqual((await got).body, { after: 'resume' });
+});
+
+test('a restarted server: the client brings the room back with its ticket and new TURN credentials', async () => {
+  const { server, sigs } = await room(2);
+  const [a, b] = sigs;
+  const [oldA, oldB, rid] = [a.self, b.self, a.room];
+  assert.equal(a.ice.iceServers[0].username, 'first');
+  server.restart();
+  const events = [];
+  for (const s of sigs) {
+    for (const ev of ['ice', 'room']) s.addEventListener(ev, () => events.push(`${s === a ? 'a' : 'b'}:${ev}`));
+  }
+  const backA = next(a, 'room');
+  a.socket.bounce();
+  const ra = await backA;
+  assert.equal(ra.resumed, false);
+  assert.equal(a.room, rid);
+  assert.notEqual(a.self, oldA);
+  assert.equal(a.host, a.self);
+  assert.deepEqual(ra.peers, []);
+  // the mesh hears of the new credentials before it rebuilds its links for the room
+  assert.deepEqual(events, ['a:ice', 'a:room']);
+  assert.equal(a.ice.iceServers[0].username, 'after-restart');
+  const joinedA = next(a, 'peer-joined');
+  const backB = next(b, 'room');
+  b.socket.bounce();
+  const rb = await backB;
+  assert.deepEqual(rb.peers.map((p) => p.peer), [a.self]);
+  assert.notEqual(b.self, oldB);
+  assert.equal((await joinedA).peer, b.self);
+  const got = next(a, 'message');
+  await b.broadcast({ after: 'restart' });
+  assert.deepEqual((await got).body, { after: 'restart' });
+  // a server without the room, asked without a ticket, says so: nothing comes back
+  server.restart();
+  a.restore = null;
+  const failed = next(a, 'rejoin-failed');
+  a.socket.bounce();
+  assert.equal((await failed).code, 'room_not_found');
 });
 
 test('Tor Browser (no WebRTC, no camera, no WebCodecs) gets plain words, not a call', () => {

@@ -121,6 +121,8 @@ class LiveServer:
     proc: subprocess.Popen
     state_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    cmd: list[str] = field(default_factory=list)  # how it was started (for relaunch)
+    full_env: dict[str, str] = field(default_factory=dict)
     _stdout: _LineReader | None = None
     _stderr: _LineReader | None = None
     returncode: int | None = None
@@ -141,6 +143,25 @@ class LiveServer:
         out = "\n".join(self._stdout.lines) if self._stdout else ""
         err = "\n".join(self._stderr.lines) if self._stderr else ""
         return f"--- stdout ---\n{out}\n--- stderr ---\n{err}"
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL by PID (a crash: nothing is cleaned up by the server) and reap it."""
+        _kill_pid(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=timeout)
+        self.returncode = self.proc.returncode
+        with _RUNNING_LOCK:
+            _RUNNING.pop(self.proc.pid, None)
+
+    def relaunch(self, timeout: float = START_TIMEOUT) -> LiveServer:
+        """The same command again (same port, state dir and environment), once this one is
+        gone: the server coming back after a crash or a restart."""
+        assert self.proc.poll() is not None, "relaunch() needs the old process gone"
+        srv = spawn_up(self.cmd, self.full_env, self.port, self.state_dir, timeout, self.env)
+        if srv.url:
+            return srv
+        srv.stop(timeout=5, check=False)
+        raise AssertionError(f"the relaunched server did not print its room URL\n"
+                             f"{srv.output()}")
 
     def stop(self, timeout: float = STOP_TIMEOUT, check: bool = True) -> int:
         """SIGTERM, wait, SIGKILL by PID if needed; assert a clean exit 0 when ``check``."""
@@ -176,6 +197,51 @@ class LiveServer:
                 + self.output()
             )
         return self.returncode
+
+
+def spawn_up(cmd: list[str], full_env: dict[str, str], port: int, state_dir: Path,
+             timeout: float = START_TIMEOUT,
+             env: Mapping[str, str] | None = None) -> LiveServer:
+    """Run ``cmd`` (an ``up`` command line) and wait until it prints its room URL, it exits or
+    ``timeout`` passes; the :class:`LiveServer` has ``url`` set only in the first case."""
+    found = threading.Event()
+    match: dict[str, re.Match] = {}
+
+    def on_line(line: str) -> None:
+        if not found.is_set():
+            m = URL_RE.match(line)
+            if m:
+                match["m"] = m
+                found.set()
+
+    proc = subprocess.Popen(
+        cmd,
+        cwd=str(REPO),
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # a ^C on pytest must not reach it; we stop it ourselves
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
+    with _RUNNING_LOCK:
+        _RUNNING[proc.pid] = proc
+    out = _LineReader(proc.stdout, f"server-{proc.pid}-stdout", on_line)
+    err = _LineReader(proc.stderr, f"server-{proc.pid}-stderr")
+    out.start()
+    err.start()
+    srv = LiveServer(url="", base="", room="", key="", port=port, proc=proc,
+                     state_dir=state_dir, env=dict(env or {}), cmd=list(cmd),
+                     full_env=dict(full_env), _stdout=out, _stderr=err)
+    deadline = time.monotonic() + timeout
+    while not found.is_set() and proc.poll() is None and time.monotonic() < deadline:
+        found.wait(0.05)
+    if found.is_set():
+        m = match["m"]
+        srv.url, srv.base = m["url"], m["base"]
+        srv.room, srv.key = m["room"], m["key"]
+        assert int(m["port"]) == port, f"server printed port {m['port']}, asked for {port}"
+    return srv
 
 
 def _die_with_parent() -> None:
@@ -233,54 +299,10 @@ def start_server(
             str(state_dir),
             *extra_args,
         ]
-        found = threading.Event()
-        match: dict[str, re.Match] = {}
-
-        def on_line(line: str, match=match, found=found) -> None:
-            if not found.is_set():
-                m = URL_RE.match(line)
-                if m:
-                    match["m"] = m
-                    found.set()
-
-        full_env = _server_env(env)
-        proc = subprocess.Popen(
-            cmd,
-            cwd=str(REPO),
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # a ^C on pytest must not reach it; we stop it ourselves
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
-        with _RUNNING_LOCK:
-            _RUNNING[proc.pid] = proc
-        out = _LineReader(proc.stdout, f"server-{proc.pid}-stdout", on_line)
-        err = _LineReader(proc.stderr, f"server-{proc.pid}-stderr")
-        out.start()
-        err.start()
-        srv = LiveServer(
-            url="",
-            base="",
-            room="",
-            key="",
-            port=port,
-            proc=proc,
-            state_dir=state_dir,
-            env={k: v for k, v in (env or {}).items()},
-            _stdout=out,
-            _stderr=err,
-        )
-        deadline = time.monotonic() + timeout
-        while not found.is_set() and proc.poll() is None and time.monotonic() < deadline:
-            found.wait(0.05)
-        if found.is_set():
-            m = match["m"]
-            srv.url, srv.base = m["url"], m["base"]
-            srv.room, srv.key = m["room"], m["key"]
-            assert int(m["port"]) == port, f"server printed port {m['port']}, asked for {port}"
+        srv = spawn_up(cmd, _server_env(env), port, state_dir, timeout, env)
+        if srv.url:
             return srv
+        proc = srv.proc
         exited = proc.poll() is not None
         srv.stop(timeout=5, check=False)
         last_error = (

@@ -20,7 +20,6 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -32,12 +31,11 @@ import pytest
 from tests.support.coturn import free_tcp_port, free_udp_range
 from tests.support.server import (
     REPO,
-    URL_RE,
     LiveServer,
-    _LineReader,
     _server_env,
     free_port,
     server_command,
+    spawn_up,
 )
 
 ARTIFACTS = REPO / "test-artifacts" / "webclient"
@@ -65,30 +63,8 @@ def start_turn_server(tmp_path: Path, env: dict[str, str] | None = None,
         })
         cmd = [*server_command(), "up", "--no-tor", "--host", "127.0.0.1", "--port", str(port),
                "--state-dir", str(state_dir)]
-        found = threading.Event()
-        match: dict[str, re.Match] = {}
-
-        def on_line(line: str, match=match, found=found) -> None:
-            m = URL_RE.match(line)
-            if m and not found.is_set():
-                match["m"] = m
-                found.set()
-
-        proc = subprocess.Popen(cmd, cwd=str(REPO), env=full_env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        out = _LineReader(proc.stdout, f"web-{proc.pid}-out", on_line)
-        err = _LineReader(proc.stderr, f"web-{proc.pid}-err")
-        out.start()
-        err.start()
-        srv = LiveServer(url="", base="", room="", key="", port=port, proc=proc,
-                         state_dir=state_dir, env=dict(env or {}), _stdout=out, _stderr=err)
-        deadline = time.monotonic() + timeout
-        while not found.is_set() and proc.poll() is None and time.monotonic() < deadline:
-            found.wait(0.05)
-        if found.is_set():
-            m = match["m"]
-            srv.url, srv.base, srv.room, srv.key = m["url"], m["base"], m["room"], m["key"]
+        srv = spawn_up(cmd, full_env, port, state_dir, timeout, env)
+        if srv.url:
             return srv
         stop_server(srv)
         last = srv.output()

@@ -1,0 +1,66 @@
+"""Restore tickets: how a call outlives the server process.
+
+Rooms live in memory (or in a redis-server without persistence), so a server that is killed or
+restarted forgets them, while the browsers in a call keep their room id and key and reconnect.
+Each peer gets, with its ``create``/``join`` answer, a ticket: an HMAC of the room id under a
+secret of this server (kept 0600 in the state dir, so it survives restarts). A ``join`` of a room
+the server does not know that shows a valid ticket opens the room again under the same id, so the
+call resumes by itself; without a valid ticket it is an ordinary ``room_not_found`` (and spends
+one of the connection's failed joins), so room ids stay impossible to probe or plant.
+
+A ticket proves only "someone in this room was told this id by this server": the holder already
+had the room id, and the key that makes the room's messages readable never reaches the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from pathlib import Path
+
+from .state import StateDirError, read_private, write_private
+
+SECRET_NAME = "room-tickets.key"  # noqa: S105 (a file name)
+SECRET_BYTES = 32
+TICKET_BYTES = 16  # 22 base64url characters, the shape of a resume token
+
+
+class RoomTickets:
+    """Issues and checks restore tickets under one secret."""
+
+    def __init__(self, secret: bytes | None = None):
+        self.secret = secret if secret is not None else secrets.token_bytes(SECRET_BYTES)
+        if len(self.secret) < 16:
+            raise ValueError("the ticket secret must be at least 16 bytes")
+
+    def issue(self, room_id: str) -> str:
+        mac = hmac.new(self.secret, b"restore-room:" + room_id.encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()[:TICKET_BYTES]).rstrip(b"=").decode()
+
+    def valid(self, room_id: str, ticket: object) -> bool:
+        return isinstance(ticket, str) and hmac.compare_digest(self.issue(room_id), ticket)
+
+    def hex(self) -> str:
+        """The secret, for a worker process of the same server (sent on its stdin)."""
+        return self.secret.hex()
+
+
+def load(state_dir: Path | str) -> RoomTickets:
+    """The tickets of this server: its secret from the state dir, made there (0600) the first
+    time. Raises :class:`StateDirError` when the file is unusable (e.g. readable by others)."""
+    path = Path(state_dir) / SECRET_NAME
+    raw = read_private(path)
+    if raw is not None:
+        try:
+            secret = bytes.fromhex(raw.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            secret = b""
+        if len(secret) >= 16:
+            return RoomTickets(secret)
+        raise StateDirError(f"{path}: not a ticket secret (64 hex digits); delete it and a new "
+                            f"one is made (open calls then cannot come back after a restart)")
+    tickets = RoomTickets()
+    write_private(path, tickets.hex() + "\n")
+    return tickets

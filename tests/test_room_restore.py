@@ -1,0 +1,165 @@
+"""A call outlives the server process (issue 8, "kill the server mid-call"): restore tickets.
+
+Unit tests of the tickets and of re-creating a room under its id (in-process and on a real
+redis-server), then real servers killed with SIGKILL and started again on the same port and
+state dir, with python-socketio clients doing what the web client does on reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+
+import pytest
+
+from incognito_onion import room_tickets
+from incognito_onion.redis_supervisor import RedisSupervisor
+from incognito_onion.room_tickets import RoomTickets
+from incognito_onion.rooms import Registry, RoomError
+from incognito_onion.shared_rooms import SharedRooms
+from incognito_onion.state import StateDirError
+from tests.support.server import Peer, start_server
+
+ROOM = "A" * 22
+
+
+# --- tickets ------------------------------------------------------------------------------------
+
+def test_a_ticket_is_bound_to_its_room_and_its_secret():
+    t = RoomTickets(b"s" * 32)
+    ticket = t.issue(ROOM)
+    assert len(ticket) == 22 and t.valid(ROOM, ticket)
+    assert not t.valid("B" * 22, ticket)
+    assert not RoomTickets(b"x" * 32).valid(ROOM, ticket)
+    for bad in (None, "", 5, ticket[:-1] + ("A" if ticket[-1] != "A" else "B"), [ticket]):
+        assert not t.valid(ROOM, bad)
+    with pytest.raises(ValueError):
+        RoomTickets(b"short")
+
+
+def test_the_secret_is_kept_0600_and_survives_a_restart(tmp_path):
+    first = room_tickets.load(tmp_path)
+    path = tmp_path / room_tickets.SECRET_NAME
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert room_tickets.load(tmp_path).issue(ROOM) == first.issue(ROOM)
+    os.chmod(path, 0o644)
+    with pytest.raises(StateDirError, match="chmod 600"):
+        room_tickets.load(tmp_path)
+    os.chmod(path, 0o600)
+    path.write_text("not hex\n")
+    with pytest.raises(StateDirError, match="delete it"):
+        room_tickets.load(tmp_path)
+
+
+def test_the_registry_reopens_a_room_under_its_id():
+    reg = Registry(capacity=3)
+    back = reg.create("s1", "m1", room_id=ROOM)
+    assert back.room.id == ROOM and back.room.host == back.peer.id and not back.room.locked
+    with pytest.raises(RoomError) as exc:
+        reg.create("s2", "m2", room_id=ROOM)
+    assert exc.value.code == "room_exists"
+    assert reg.join(ROOM, "s2", "m2").room.host == back.peer.id
+
+
+@pytest.fixture
+async def redis_url(tmp_path):
+    (tmp_path / "state").mkdir(mode=0o700)
+    sup = RedisSupervisor("redis-server", tmp_path / "state")
+    await sup.start()
+    try:
+        yield sup.url
+    finally:
+        await sup.stop()
+
+
+async def test_workers_racing_to_reopen_a_room_make_one(redis_url):
+    ws = [SharedRooms.from_url(redis_url, node=f"w{i}", capacity=6, max_rooms=5,
+                               per_connection=2, empty_grace=0.0) for i in range(3)]
+    results = await asyncio.gather(*(ws[i % 3].create(f"s{i}", f"m{i}", room_id=ROOM)
+                                     for i in range(6)), return_exceptions=True)
+    made = [r for r in results if not isinstance(r, Exception)]
+    codes = [r.code for r in results if isinstance(r, RoomError)]
+    assert len(made) == 1 and codes == ["room_exists"] * 5, results
+    assert made[0].room.id == ROOM and await ws[0].count() == 1
+    joined = await ws[1].join(ROOM, "late", "m")
+    assert joined.room.host == made[0].peer.id
+
+
+# --- a real server, killed and started again ------------------------------------------------------
+
+async def _reconnect(srv, name: str) -> Peer:
+    p = Peer(srv.base, name)
+    await p.connect()
+    return p
+
+
+@pytest.mark.faults
+async def test_a_killed_server_comes_back_and_the_room_with_it(tmp_path):
+    srv = start_server(tmp_path, env={"INCOGNITO_ROOMS_EMPTY_GRACE_SECONDS": "0"})
+    a, b = Peer(srv.base, "a"), Peer(srv.base, "b")
+    try:
+        await a.connect()
+        await b.connect()
+        made = await a.create(meta="meta-a")
+        rid, ticket = made["room"], made["restore"]
+        ack_b = await b.join(rid, meta="meta-b")
+        assert ack_b["restore"] == ticket  # one ticket per room, not per peer
+        await a.call("lock", {"room": rid, "locked": True})
+    finally:
+        await a.disconnect()
+        await b.disconnect()
+    srv.kill()
+    srv = srv.relaunch()
+    a2 = await _reconnect(srv, "a2")
+    b2 = await _reconnect(srv, "b2")
+    guesser = await _reconnect(srv, "guesser")
+    other = start_server(tmp_path / "other")  # another server: its secret differs
+    o = Peer(other.base, "o")
+    try:
+        # without a ticket, or with a wrong one: an unknown room, like any guess
+        for payload in ({"room": rid}, {"room": rid, "restore": "x" * 22},
+                        {"room": "B" * 22, "restore": ticket}):
+            ack = await guesser.call("join", payload)
+            assert ack["error"]["code"] == "room_not_found", ack
+        await o.connect()
+        ack = await o.call("join", {"room": rid, "restore": ticket})
+        assert ack["error"]["code"] == "room_not_found", ack
+        # what the web client sends on reconnect: the old resume token and the ticket
+        ack_a = await a2.call("join", {"room": rid, "meta": "meta-a", "resume": made["resume"],
+                                       "restore": ticket})
+        assert ack_a["ok"] and ack_a["room"] == rid and ack_a["peers"] == [], ack_a
+        assert ack_a["host"] == ack_a["peer"] != made["peer"] and not ack_a["locked"]
+        ack_b2 = await b2.call("join", {"room": rid, "meta": "meta-b",
+                                        "resume": ack_b["resume"], "restore": ticket})
+        assert ack_b2["ok"] and ack_b2["peers"] == [{"peer": ack_a["peer"], "meta": "meta-a"}]
+        joined = await a2.next("joined", room=rid)
+        assert joined["peer"] == ack_b2["peer"] and joined["resumed"] is False
+        # and the room works: a message and a signal cross
+        await b2.call("message", {"room": rid, "data": "after the restart"})
+        assert (await a2.next("message", room=rid))["data"] == "after the restart"
+        a2.peer_ids[rid] = ack_a["peer"]
+        await a2.call("connection", {"room": rid, "to": ack_b2["peer"], "data": "sdp"})
+        assert (await b2.next("connection", room=rid))["from"] == ack_a["peer"]
+        assert "room came back after a server restart" in "\n".join(srv._stderr.lines)
+        assert rid not in srv.output() and ticket not in srv.output()  # never logged
+    finally:
+        for p in (a2, b2, guesser, o):
+            await p.disconnect()
+        other.stop()
+        srv.stop()
+
+
+async def test_wrong_tickets_spend_the_failed_join_budget(tmp_path):
+    srv = start_server(tmp_path, env={"INCOGNITO_LIMITS_FAILED_JOINS_PER_MINUTE": "3"})
+    p = Peer(srv.base, "p")
+    try:
+        await p.connect()
+        codes = []
+        for i in range(5):
+            ack = await p.call("join", {"room": f"{i:022d}", "restore": "y" * 22})
+            codes.append(ack["error"]["code"])
+        assert codes == ["room_not_found"] * 3 + ["rate_limited"] * 2, codes
+    finally:
+        await p.disconnect()
+        srv.stop()
