@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.support.browsers",
     "tests.support.webclient",
     "tests.support.onion_up",
+    "tests.support.redis_server",
 ]

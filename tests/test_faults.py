@@ -76,6 +76,19 @@ def signal_all(pids: set[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
+def chromium_census(frozen: set[int], alice: set[int]) -> str:
+    """Every Chromium process of the machine: pid, parent, state, type, and whose it is."""
+    rows = []
+    for q in psutil.process_iter(["pid", "ppid", "name", "status", "cmdline"]):
+        if "chrom" not in (q.info["name"] or ""):
+            continue
+        kind = next((a[7:] for a in q.info["cmdline"] or [] if a.startswith("--type=")),
+                    "browser")
+        who = "bob" if q.pid in frozen else "alice" if q.pid in alice else "?"
+        rows.append(f"{q.pid}<{q.info['ppid']} {q.info['status']} {kind} {who}")
+    return "; ".join(rows)
+
+
 async def gone_after(p, peer: str, others: int, t0: float, timeout: float) -> float:
     """Seconds from ``t0`` until ``p`` shows no tile of ``peer`` and ``others`` + 1 tiles."""
     await p.wait(f"!{tile(peer)} && document.querySelectorAll('#grid .tile').length === "
@@ -136,6 +149,7 @@ async def test_killed_and_frozen_browsers_drop_out_within_the_ping_window(
     except AssertionError as exc:
         # seen 2 in ~10 runs: the frozen peer never dropped; not understood yet (a Chromium
         # process the PID snapshot missed that keeps answering pings is one suspect)
+        print(f"\nchromium census: {chromium_census(pids, tree(browsers[0][1]))}")
         pytest.xfail(f"frozen browser not dropped within {WINDOW + 10:g} s: {exc}")
     finally:
         signal_all(pids, signal.SIGKILL)  # killed while stopped: nothing resumes

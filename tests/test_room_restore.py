@@ -14,7 +14,6 @@ import stat
 import pytest
 
 from incognito_onion import room_tickets
-from incognito_onion.redis_supervisor import RedisSupervisor
 from incognito_onion.room_tickets import RoomTickets
 from incognito_onion.rooms import Registry, RoomError
 from incognito_onion.shared_rooms import SharedRooms
@@ -60,17 +59,6 @@ def test_the_registry_reopens_a_room_under_its_id():
         reg.create("s2", "m2", room_id=ROOM)
     assert exc.value.code == "room_exists"
     assert reg.join(ROOM, "s2", "m2").room.host == back.peer.id
-
-
-@pytest.fixture
-async def redis_url(tmp_path):
-    (tmp_path / "state").mkdir(mode=0o700)
-    sup = RedisSupervisor("redis-server", tmp_path / "state")
-    await sup.start()
-    try:
-        yield sup.url
-    finally:
-        await sup.stop()
 
 
 async def test_workers_racing_to_reopen_a_room_make_one(redis_url):

@@ -88,18 +88,6 @@ def test_up_without_redis_exits_with_one_line(tmp_path):
 
 # --- the shared store against a real redis-server -----------------------------------------------
 
-@pytest.fixture
-async def redis_url(tmp_path):
-    (tmp_path / "state").mkdir(mode=0o700)
-    sup = RedisSupervisor("redis-server", tmp_path / "state")
-    await sup.start()
-    try:
-        yield sup.url
-    finally:
-        await sup.stop()
-    assert sup.pid is None and not (tmp_path / "state" / "redis" / "redis.sock").exists()
-
-
 class Clock:
     def __init__(self):
         self.t = 1_000_000.0
