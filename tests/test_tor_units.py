@@ -302,3 +302,15 @@ def test_last_problem_skips_the_root_nag_and_prefers_errors(tmp_path):
         "Dec 01 00:00:00.000 [warn] Could not bind to 127.0.0.1:9050: Address already in use.\n"
         "Dec 01 00:00:01.000 [err] Reading config failed--see warnings above.\n")
     assert tor.last_problem() == "Could not bind to 127.0.0.1:9050: Address already in use."
+
+
+def test_a_relaunch_keeps_the_previous_runs_log(tmp_path):
+    from incognito_onion.tor.launch import DATA_DIR_NAME, _prepare_datadir
+
+    datadir = tmp_path / DATA_DIR_NAME
+    datadir.mkdir(mode=0o700)
+    (datadir / "tor.log").write_text("[err] why the last tor died\n")
+    (datadir / "control.port").write_text("PORT=127.0.0.1:1\n")
+    assert _prepare_datadir(tmp_path) == datadir
+    assert not (datadir / "tor.log").exists() and not (datadir / "control.port").exists()
+    assert (datadir / "tor.log.1").read_text() == "[err] why the last tor died\n"

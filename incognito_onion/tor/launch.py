@@ -234,9 +234,14 @@ def _prepare_datadir(state_dir: Path) -> Path:
     if _datadir_locked(datadir):
         raise TorLaunchFailed(f"another tor is using {datadir}: is another incognito-onion "
                               f"running with this state dir? (pick another with --state-dir)")
-    for stale in ("control.sock", "control.port", "tor.log"):
+    for stale in ("control.sock", "control.port"):
         with contextlib.suppress(FileNotFoundError):
             (datadir / stale).unlink()
+    # this run's log starts empty (its errors are read back from it), the previous run's is
+    # kept as *.1: after tor died and was relaunched, the reason is still there to read
+    for log_name in ("tor.log", "tor.stdout"):
+        with contextlib.suppress(FileNotFoundError):
+            (datadir / log_name).replace(datadir / f"{log_name}.1")
     return datadir
 
 
