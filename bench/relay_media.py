@@ -61,6 +61,7 @@ from tests.support.browsers import (  # noqa: E402
     _firefox_env,
     _kill_pids,
     _user_js,
+    browser_roots,
 )
 from tests.support.onion_up import Up  # noqa: E402
 from tests.support.server import free_port  # noqa: E402
@@ -283,7 +284,7 @@ class Chromiums:
         before = _descendants()
         browser = await self.pw.chromium.launch(executable_path=CHROMIUM,
                                                 args=[*CHROMIUM_FLAGS, *args])
-        pids = {p for p in _descendants() - before if _named(p, "chrom")}
+        pids = browser_roots(_descendants() - before, "chrom")
         self.launched.append((browser, pids))
         CHROME_PIDS.update(pids)
         return browser
@@ -297,13 +298,6 @@ class Chromiums:
             kill_pids({p for p in pids if psutil.pid_exists(p)})
             CHROME_PIDS.difference_update(pids)
         self.launched = []
-
-
-def _named(pid: int, word: str) -> bool:
-    try:
-        return word in psutil.Process(pid).name().lower()
-    except psutil.Error:
-        return False
 
 
 def start_firefox(profile: Path, prefs: dict[str, Any], timeout: float = 60.0) -> Firefox:

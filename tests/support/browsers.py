@@ -134,7 +134,7 @@ async def chromium_factory() -> AsyncIterator[Any]:
         before = _descendants()
         browser = await pw.chromium.launch(executable_path=CHROMIUM,
                                            args=[*CHROMIUM_FLAGS, *extra_args], **kwargs)
-        pids = {pid for pid in _descendants() - before if _is_browser_pid(pid, "chrom")}
+        pids = browser_roots(_descendants() - before, "chrom")
         launched.append((browser, pids))
         return browser
 
@@ -154,6 +154,19 @@ async def chromium_factory() -> AsyncIterator[Any]:
 @pytest.fixture
 async def chromium(chromium_factory):
     return await chromium_factory()
+
+
+def browser_roots(new: set[int], word: str) -> set[int]:
+    """Of the processes that appeared while a browser started, its own main process: one named
+    ``word`` whose parent is not. The other browsers running meanwhile spawn GPU and utility
+    processes too; taking those as the new browser's froze or killed the wrong person."""
+    roots = set()
+    for pid in new:
+        with contextlib.suppress(psutil.Error):
+            if _is_browser_pid(pid, word) and not _is_browser_pid(psutil.Process(pid).ppid(),
+                                                                  word):
+                roots.add(pid)
+    return roots
 
 
 def _is_browser_pid(pid: int, word: str) -> bool:
