@@ -592,6 +592,8 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
             "setup_seconds": round(t_setup, 2),
             "connect_seconds": round(max(g.ready["t_connect"] for g in gens), 2),
             "window_seconds": round(wall, 2),
+            # CLOCK_MONOTONIC ns (system-wide): to line the window up with server-side traces
+            "window_monotonic_ns": [w0, w1],
             "sent": total("sent_window"),
             "expected_deliveries": total("expected_window"),
             "delivered": total("delivered_window"),
