@@ -120,6 +120,10 @@ async def test_tor_like_firefox_sees_and_hears_two_chromiums_through_the_onion_r
     # nothing failed to decrypt, nothing against the CSP
     assert await asyncio.to_thread(ff.run, "return incognito.sig.mediaStats.undecryptable;") == 0
     assert await asyncio.to_thread(ff.run, "return incognito.csp;") == []
+    # watch-only: a small self-view in the corner, the grid's cells for the two who are seen
+    assert await asyncio.to_thread(ff.run, """return [incognito.verdict.canSend,
+        document.querySelector('#grid .tile.mini') !== null,
+        document.querySelector('#grid').dataset.count];""") == [False, True, "2"]
     await asyncio.to_thread(ff.screenshot, shots / "tor-like-onion-relay.png")
     await c1.page.screenshot(path=str(shots / "chromium-with-onion-relay-peer.png"))
 

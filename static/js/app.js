@@ -749,7 +749,10 @@ function renderPeer(p) {
 function renderCount() {
   const n = state.peers.size + (state.selfView ? 1 : 0);
   const grid = $('#grid');
-  grid.dataset.count = String(Math.max(1, n));
+  // watch-only (sends nothing): a small self-view in the corner, the grid for the others
+  const mini = !!state.selfView && !state.verdict.canSend && state.peers.size > 0;
+  state.selfView?.tile.classList.toggle('mini', mini);
+  grid.dataset.count = String(Math.max(1, mini ? n - 1 : n));
   $('#people-count').textContent = `${n} ${n === 1 ? 'person' : 'people'}`;
 }
 
