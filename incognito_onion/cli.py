@@ -5,14 +5,13 @@ that does the work. Every failure ends in one clear line on stderr and a distinc
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, exitcodes, logs
+from . import __version__, exitcodes, logs, runtime
 from .config import Config, ConfigError, load
 from .schema import BY_PATH, render_yaml
 from .state import StateDirError, default_state_dir, ensure_state_dir
@@ -161,7 +160,7 @@ def _up(args: argparse.Namespace, cfg: Config, state_dir: Path) -> int:
 
     opts = UpOptions(qr=args.qr, qr_png=args.qr_png)
     try:
-        return asyncio.run(serve(cfg, state_dir, opts))
+        return runtime.run(serve(cfg, state_dir, opts))
     except UpError as exc:
         _err(str(exc))
         return exc.code

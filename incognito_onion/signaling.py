@@ -15,7 +15,10 @@ import socketio
 from aiohttp.web import WebSocketResponse
 from engineio.async_drivers import aiohttp as _eio_aiohttp
 
+from . import runtime
 from .config import Config
+from .fastpath import FRAME_BUDGET_ATTR, fast_manager
+from .fastpath import websocket_handler as fast_websocket_handler
 from .limits import Throttle, TokenBucket
 from .media_relay import Chunk, RoomRelay, StreamKey
 from .protocol import parse
@@ -64,7 +67,7 @@ class QuickCloseWebSocket(_eio_aiohttp.WebSocket):
                                        timeout=WS_CLOSE_TIMEOUT)
         await self._sock.prepare(request)
         self.environ = environ
-        await self.handler(self)
+        await fast_websocket_handler(self.handler, self)
         return self._sock
 
 
@@ -179,13 +182,15 @@ class Signaling:
             async_mode="aiohttp",
             # several workers: events cross processes through Redis; websocket only, since the
             # requests of one long-polling session could reach different workers
-            client_manager=client_manager,
+            client_manager=client_manager if client_manager is not None else fast_manager(),
             transports=["websocket"] if client_manager is not None else None,
             # one event at a time per connection, in order: the library's default starts a task
             # per event as fast as frames arrive, so a flooding client queued unbounded work
             # (memory) ahead of everyone else's events (latency); handled in turn, a client can
             # only send as fast as its own events are served (TCP backpressure)
             async_handlers=False,
+            # orjson when installed (the same JSON; INCOGNITO_RUNTIME_OFF=orjson: the stdlib)
+            json=runtime.json_module(),
             ping_interval=cfg.server.ping_interval,
             ping_timeout=cfg.server.ping_timeout,
             # a whole packet may carry a few opaque fields (or one media chunk); anything
@@ -197,6 +202,10 @@ class Signaling:
             engineio_logger=logging.getLogger("incognito_onion.engineio"),
         )
         self.sio.eio._async = {**self.sio.eio._async, "websocket": QuickCloseWebSocket}
+        # frames of one connection beyond this are read at low priority (fastpath): its events
+        # with some room for engine.io's pongs and the malformed frames that also cost a token
+        setattr(self.sio.eio, FRAME_BUDGET_ATTR,
+                (2 * cfg.limits.events_per_second + 1, 2 * cfg.limits.event_burst))
         self.sio.on_malformed = self._allow_error_reply
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)

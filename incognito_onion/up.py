@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from . import exitcodes, ids, room_tickets
+from . import exitcodes, ids, room_tickets, runtime
 from .config import Config
 from .room_tickets import RoomTickets
 from .signaling import IceProvider, no_turn_ice
@@ -196,6 +196,7 @@ async def _serve(cfg: Config, state_dir: Path, opts: UpOptions, stop: asyncio.Ev
             base = f"http://{_url_host(_display_host(cfg.server.host))}:{port}"
             _say(f"serving on {base} (tor is off: only reachable from this machine or network)")
         url = room_url(base, room.id, key)
+        runtime.tune_gc()  # everything started: what is alive now lives for good
         _say("Room link (the part after # is the room key; share the whole link only with "
              "the people you want in the call):")
         _print_url(url, opts, sys.stdout)

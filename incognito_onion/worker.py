@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import exitcodes
+from . import exitcodes, runtime
 from .config import Config
 from .room_tickets import RoomTickets
 from .signaling import IceProvider, Signaling, no_turn_ice
@@ -210,6 +210,7 @@ async def _child(cfg: Config, spec: dict[str, Any]) -> int:
               flush=True)
         return exc.code
     try:
+        runtime.tune_gc()
         print(READY, flush=True)
         await stop.wait()
     finally:
@@ -228,7 +229,7 @@ def main() -> int:
     cfg = Config(spec["config"])
     logs.setup(cfg.server.log_level)
     try:
-        return asyncio.run(_child(cfg, spec))
+        return runtime.run(_child(cfg, spec))
     except KeyboardInterrupt:
         return exitcodes.OK
     except Exception as exc:

@@ -239,8 +239,11 @@ async def test_watchdog_a_visitor_introduced_to_the_dying_tor_gets_through(tor_n
         assert (await fetch_via_socks(net.socks_port, f"http://{onion.address}/"))[1] == PAGE
         old_pid = tor.pid
         os.kill(old_pid, signal.SIGSTOP)
+        # the first try is the introduced one; if it still hangs after 15 s, later tries go on
+        # fresh circuits (the bound checked below is 30 s from the kill either way)
         visit = asyncio.create_task(fetch_via_socks(
-            net.socks_port, f"http://{onion.address}/", deadline=60, username="introduced"))
+            net.socks_port, f"http://{onion.address}/", deadline=60, username="introduced",
+            attempt=15, fresh_circuits=True))
         try:
             client = net.client.controller()
 
@@ -260,7 +263,11 @@ async def test_watchdog_a_visitor_introduced_to_the_dying_tor_gets_through(tor_n
         finally:
             os.kill(old_pid, signal.SIGKILL)
         t0 = time.monotonic()
-        status, body, _ = await visit
+        try:
+            status, body, _ = await visit
+        except Exception as exc:
+            raise AssertionError(f"{exc}\nvisitor tor's log:\n{net.client.log_tail(40)}\n"
+                                 f"events: {[e.message for e in events]}") from None
         back = time.monotonic() - t0
         assert (status, body) == (200, PAGE)
         assert back < 30, back

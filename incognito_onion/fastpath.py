@@ -1,0 +1,273 @@
+"""Cheaper paths through python-socketio/python-engineio for the relay's hot loop (issue 8).
+
+Emits
+-----
+``socketio.AsyncManager.emit`` sends an event to each recipient in a task of its own
+(``asyncio.create_task`` per recipient, then ``asyncio.wait`` on them all): for a message
+relayed to a room of 4 that is 3 tasks, 3 futures and a wait, which under relay load made
+``create_task``/``wait`` some of the hottest code of the server. Sending to a recipient is
+putting an already-encoded packet on its unbounded engine.io queue, which never blocks, so
+:class:`FastManager` does the same sends one after the other in the emitting coroutine: the
+same packets in the same order, the event encoded once per emit as before.
+
+Only emits without an ack callback take this path (``callback`` emits go through the
+library's, unchanged). A recipient that cannot be sent to (its socket closed meanwhile) is
+skipped, like the library's tasks did, and never fails the emit for the others.
+
+The WebSocket loop
+------------------
+engine.io's WebSocket handler (``AsyncSocket._websocket_handler``) reads every frame through
+``asyncio.wait_for(ensure_future(ws.wait()), ping_interval + ping_timeout)`` and its writer
+waits for every batch through ``asyncio.wait_for(queue.get(), ...)``: per frame in each
+direction a task, a future, a timer and their callbacks, ~17 % of the server's CPU under relay
+load once uvloop had made the rest cheap. :func:`websocket_handler` runs the same loop (a
+connection that opened as a WebSocket; an upgrade from long-polling keeps the library's) with
+the same timeouts kept by one lazily re-armed timer per direction: a frame costs a clock read.
+What happens on a timeout, a close, a too-large frame, an error is what the library does.
+One addition: a connection that sends frames faster than its budget (the event rate limit, plus
+room for pongs) is read at low priority, so a flood delays the flooder, not everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+from collections.abc import Callable
+from typing import Any
+
+import socketio
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
+from engineio.async_socket import AsyncSocket
+from socketio import packet as sio_packet
+
+from .limits import TokenBucket
+
+
+class FastManager(socketio.AsyncManager):
+    """``socketio.AsyncManager`` whose callback-less emits run without a task per recipient."""
+
+    async def emit(self, event: str, data: Any, namespace: str, room: Any = None,
+                   skip_sid: Any = None, callback: Any = None, to: Any = None,
+                   **kwargs: Any) -> None:
+        if callback is not None:
+            await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
+                               callback=callback, to=to, **kwargs)
+            return
+        room = to or room
+        if namespace not in self.rooms:
+            return
+        if isinstance(data, tuple):  # a tuple is several arguments, anything else one
+            args = list(data)
+        elif data is not None:
+            args = [data]
+        else:
+            args = []
+        skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+        recipients = [eio_sid for sid, eio_sid in self.get_participants(namespace, room)
+                      if sid not in skip]
+        if not recipients:
+            return
+        encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace,
+                                           data=[event, *args]).encode()
+        if not isinstance(encoded, list):
+            encoded = [encoded]
+        eio_pkts = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in encoded]
+        send = self.server._send_eio_packet
+        for eio_sid in recipients:
+            for p in eio_pkts:
+                try:
+                    await send(eio_sid, p)
+                except eio_exceptions.SocketIsClosedError:
+                    break  # closing: the library's task would have failed the same way
+                except Exception:  # never the other recipients' problem
+                    with contextlib.suppress(Exception):
+                        self.server.logger.exception("emit to one recipient failed")
+                    break
+
+
+def fast_manager() -> FastManager | None:
+    """The client manager for a one-process server: :class:`FastManager`, or ``None`` (the
+    library's default) when ``INCOGNITO_RUNTIME_OFF`` turns ``fastemit`` off."""
+    from . import runtime
+
+    return FastManager() if runtime.enabled("fastemit") else None
+
+
+# -- the engine.io WebSocket loop ----------------------------------------------------------------
+
+def _engineio_version() -> str:
+    try:
+        return importlib.metadata.version("python-engineio")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+#: the engine.io server attribute holding ``(frames per second, burst)`` of one connection
+#: beyond which its frames are read at low priority (set by :class:`Signaling`)
+FRAME_BUDGET_ATTR = "incognito_frame_budget"
+#: turns of the event loop a connection over its frame budget waits before its next frame
+LOW_PRIORITY_TURNS = 8
+
+# python-engineio 4 (checked against 4.15's AsyncSocket._websocket_handler); any other major
+# version: the library's own loop
+_ENGINEIO_OK = _engineio_version().startswith("4.")
+
+
+class _Deadline:
+    """A timeout on the waits of one task, re-armed lazily: ``begin()`` before a wait and
+    ``end()`` after it cost a clock read, the timer fires at most once per ``timeout`` and then
+    cancels the task only if it has been waiting for ``timeout`` seconds (asyncio.wait_for's
+    effect, without its task and timer per wait)."""
+
+    __slots__ = ("loop", "timeout", "task", "since", "waiting", "handle", "expired")
+
+    def __init__(self, timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.timeout = timeout
+        self.task = asyncio.current_task()
+        self.since = self.loop.time()
+        self.waiting = False
+        self.expired = False
+        self.handle = self.loop.call_at(self.since + timeout, self._check)
+
+    def begin(self) -> None:
+        self.since = self.loop.time()
+        self.waiting = True
+
+    def end(self) -> None:
+        self.waiting = False
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        due = self.since + self.timeout
+        if self.waiting and now >= due:
+            self.expired = True
+            self.task.cancel()
+            return
+        self.handle = self.loop.call_at(due if self.waiting else now + self.timeout,
+                                        self._check)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
+async def _serve(sock: AsyncSocket, ws: Any) -> None:
+    """``AsyncSocket._websocket_handler`` for a connection that opened as a WebSocket."""
+    server = sock.server
+    sock.connected = True
+    sock.upgraded = True
+    timeout = server.ping_interval + server.ping_timeout
+    max_size = server.max_http_buffer_size
+    queue = sock.queue
+    rate_burst = getattr(server, FRAME_BUDGET_ATTR, None)
+    budget = TokenBucket(*rate_burst) if rate_burst else None
+
+    async def writer() -> None:
+        deadline = _Deadline(timeout)
+        try:
+            while True:
+                if queue.empty():
+                    deadline.begin()
+                    try:
+                        first = await queue.get()
+                    except asyncio.CancelledError:
+                        if deadline.expired:
+                            deadline.task.uncancel()
+                        break  # the library: QueueEmpty (timed out) or cancelled
+                    finally:
+                        deadline.end()
+                else:
+                    first = queue.get_nowait()
+                queue.task_done()
+                if first is None:
+                    break
+                packets = [first]
+                while not queue.empty():
+                    pkt = queue.get_nowait()
+                    queue.task_done()
+                    if pkt is None:
+                        queue.put_nowait(None)
+                        break
+                    packets.append(pkt)
+                try:
+                    for pkt in packets:
+                        await ws.send(pkt.encode())
+                except Exception:
+                    break
+        finally:
+            deadline.cancel()
+        await ws.close()
+
+    writer_task = asyncio.ensure_future(writer())
+    server.logger.info("%s: Upgrade to websocket successful", sock.sid)
+    deadline = _Deadline(timeout)
+    try:
+        while True:
+            deadline.begin()
+            try:
+                data = await ws.wait()
+            except asyncio.CancelledError:
+                # timed out, or cancelled from outside (the server stopping): the library ends
+                # the loop either way, and closes below
+                if deadline.expired:
+                    deadline.task.uncancel()  # ours: the task is not being cancelled
+                break
+            except Exception:
+                break
+            finally:
+                deadline.end()
+            if data is None:  # connection closed by the client
+                break
+            if len(data) > max_size:
+                break  # the library: ValueError('packet is too large'), then the same
+            pkt = eio_packet.Packet(encoded_packet=data)
+            try:
+                await sock.receive(pkt)
+            except eio_exceptions.UnknownPacketError:
+                pass
+            except eio_exceptions.SocketIsClosedError:
+                server.logger.info("Receive error -- socket is closed")
+                break
+            except Exception:
+                server.logger.exception("Unknown receive error")
+            # one frame per turn of the event loop, as the library's task per read gave: a
+            # frame already buffered is returned without suspending, so a flooding client's
+            # backlog would otherwise be handled in one go while every other connection waits.
+            # A connection sending faster than its budget waits LOW_PRIORITY_TURNS turns: the
+            # loop then serves the connections within theirs (honest ones) first, and the
+            # flood's frames wait in the kernel's buffers, which cost nothing.
+            if budget is not None and not budget.allow():
+                for _ in range(LOW_PRIORITY_TURNS):
+                    await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(0)
+    finally:
+        deadline.cancel()
+    await queue.put(None)  # unlock the writer so it can exit
+    await writer_task
+    await sock.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
+
+def _supported(handler: Callable[[Any], Any]) -> AsyncSocket | None:
+    sock = getattr(handler, "__self__", None)
+    if (type(sock) is not AsyncSocket or sock.connected or sock.upgrading
+            or getattr(handler, "__func__", None) is not AsyncSocket._websocket_handler
+            or not _ENGINEIO_OK):
+        return None
+    return sock
+
+
+async def websocket_handler(handler: Callable[[Any], Any], ws: Any) -> None:
+    """``await handler(ws)``, where ``handler`` is the engine.io socket's bound
+    ``_websocket_handler`` that engine.io gives its WebSocket adapter: through
+    :func:`_serve` when this is a connection opened as a WebSocket on a python-engineio 4 socket
+    (and ``INCOGNITO_RUNTIME_OFF`` does not name ``fastws``), else the library's own."""
+    from . import runtime
+
+    sock = _supported(handler) if runtime.enabled("fastws") else None
+    if sock is None:
+        await handler(ws)
+    else:
+        await _serve(sock, ws)

@@ -1,0 +1,665 @@
+"""incognito_onion.runtime (event loop, JSON codec, GC tuning) and incognito_onion.fastpath
+(emits without a task per recipient): the same behaviour as the stock libraries, faster."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import math
+
+import pytest
+import socketio
+from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from incognito_onion import runtime
+from incognito_onion.fastpath import FastManager, fast_manager
+
+OFF = runtime.OFF_ENV
+
+# -- switches ------------------------------------------------------------------------------------
+
+
+def test_knobs_are_on_unless_turned_off():
+    assert runtime.disabled({}) == frozenset()
+    assert runtime.disabled({OFF: "uvloop, ORJSON ,nonsense"}) == {"uvloop", "orjson"}
+    assert runtime.disabled({OFF: "all"}) == runtime.KNOBS
+    assert runtime.enabled("gc", {OFF: "uvloop"})
+    assert not runtime.enabled("gc", {OFF: "gc"})
+    with pytest.raises(ValueError):
+        runtime.enabled("turbo", {})
+
+
+# -- event loop ----------------------------------------------------------------------------------
+
+
+def test_run_uses_uvloop_when_installed_and_asyncio_when_off():
+    pytest.importorskip("uvloop")
+
+    async def which() -> str:
+        await asyncio.sleep(0)
+        return runtime.loop_name()
+
+    assert runtime.run(which(), env={}) == "uvloop"
+    assert runtime.run(which(), env={OFF: "uvloop"}) == "asyncio"
+    assert runtime.loop_factory({OFF: "all"}) is None
+
+
+def test_run_leaves_the_default_policy_alone():
+    before = type(asyncio.get_event_loop_policy())
+
+    async def nothing() -> int:
+        return 7
+
+    assert runtime.run(nothing(), env={}) == 7
+    assert type(asyncio.get_event_loop_policy()) is before
+
+
+def test_run_propagates_exceptions():
+    async def boom() -> None:
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        runtime.run(boom(), env={})
+
+
+# -- JSON ----------------------------------------------------------------------------------------
+
+
+def codecs():
+    pytest.importorskip("orjson")
+    return runtime.json_module({}), runtime.json_module({OFF: "orjson"})
+
+
+def stdlib_loads(text):
+    """What python-engineio's json module does (engineio.json.loads)."""
+    import engineio.json
+
+    return engineio.json.loads(text)
+
+
+def same(a, b) -> bool:
+    """Equal, NaN included, and of the same types (1 vs 1.0 vs True)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def test_codec_names_and_fallback_when_off():
+    fast, std = codecs()
+    assert fast.name == "orjson"
+    assert std.name == "json"
+
+
+@pytest.mark.parametrize("text", [
+    '["message",{"room":"AAAAAAAAAAAAAAAAAAAAAA","data":"xyz"}]',
+    '{"a":"\\u00e9\\ud83d\\ude00","b":[1,2.5,null,true,false]}',
+    '"\\ud800"',  # a lone surrogate escape: the stdlib takes it
+    "[NaN, Infinity, -Infinity]",  # not JSON, but the stdlib takes it
+    "[18446744073709551615, -9223372036854775808, 9223372036854775807]",
+    "[1e308, 1e-320, 0.1, -0.0]",
+])
+def test_loads_matches_the_stdlib(text):
+    fast, std = codecs()
+    want = stdlib_loads(text)
+    assert same(fast.loads(text), want)
+    assert same(std.loads(text), want)
+    assert same(fast.loads(text.encode("utf-8")), want)
+
+
+@pytest.mark.parametrize("text", ["[12345678901234567890123]", "[1" + "0" * 99 + "]"])
+def test_loads_gives_integers_past_64_bits_as_floats(text):
+    """The documented difference: the stdlib gives an int; the protocol takes none that big
+    (``seq`` must be an int up to 2**53)."""
+    fast, _std = codecs()
+    assert fast.loads(text) == [float(stdlib_loads(text)[0])]
+
+
+def test_loads_takes_long_integers_as_floats_and_refuses_infinite_ones():
+    fast, _std = codecs()
+    assert fast.loads("[1" + "0" * 200 + "]") == [1e200]  # the stdlib: over 100 digits
+    with pytest.raises(ValueError):
+        fast.loads("[1" + "0" * 400 + "]")  # past a double: refused like the stdlib does
+
+
+@pytest.mark.parametrize("text", [
+    "", "[", "[1,]", "{'a':1}", '{"a":1', "nul", "[1e400]x",
+    '"\\x"', "\x00",
+])
+def test_loads_refuses_what_the_stdlib_refuses(text):
+    fast, _std = codecs()
+    with pytest.raises(ValueError):
+        stdlib_loads(text)
+    with pytest.raises(ValueError):
+        fast.loads(text)
+
+
+@pytest.mark.parametrize("value", [
+    {"room": "r", "from": "p", "data": "x" * 300},
+    ["message", {"a": [1, 2.5, None, True, False, "é", "\U0001f600"]}],
+    "\ud800",  # orjson refuses lone surrogates: the stdlib writes \ud800
+    [2**70, -(2**70)],  # past 64 bits
+    {1: "int key"},
+    [],
+    {},
+])
+def test_dumps_is_the_same_json(value):
+    fast, std = codecs()
+    out = fast.dumps(value, separators=(",", ":"))
+    assert isinstance(out, str)
+    assert same(json.loads(out), json.loads(json.dumps(value, separators=(",", ":"))))
+    assert std.dumps(value, separators=(",", ":")) == json.dumps(value, separators=(",", ":"))
+    assert " " not in fast.dumps({"a": [1, 2]})  # compact, as the libraries ask
+
+
+def test_dumps_writes_non_finite_floats_as_null():
+    """The one difference: the stdlib writes NaN/Infinity, which is not JSON (a browser's
+    JSON.parse throws on it); orjson writes null. The server never sends one (``ts`` is
+    checked finite; everything else it sends is strings, ids, bools and counts)."""
+    fast, _std = codecs()
+    assert fast.dumps([float("nan"), float("inf"), -float("inf"), 1.5]) == "[null,null,null,1.5]"
+
+
+def test_dumps_refuses_what_the_stdlib_refuses():
+    fast, _std = codecs()
+    for bad in (b"bytes", {1, 2}, object()):
+        with pytest.raises(TypeError):
+            fast.dumps(bad)
+
+
+def test_dumps_with_other_arguments_is_the_stdlib():
+    fast, _std = codecs()
+    assert fast.dumps({"b": 1, "a": 2}, sort_keys=True, indent=1) == json.dumps(
+        {"b": 1, "a": 2}, sort_keys=True, indent=1, separators=(",", ":"))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=5),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_round_trip_matches_the_stdlib(value):
+    fast, _std = codecs()
+    text = fast.dumps(value, separators=(",", ":"))
+    assert same(fast.loads(text), stdlib_loads(json.dumps(value)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list('[]{}",:0123456789.eE-+ntrufalsNI\\u\ud800 ')),
+               max_size=40))
+def test_any_text_loads_like_the_stdlib(text):
+    fast, _std = codecs()
+    try:
+        want = stdlib_loads(text)
+    except (ValueError, RecursionError):
+        with pytest.raises(ValueError):
+            fast.loads(text)
+        return
+    got = fast.loads(text)
+    assert same(got, want) or (isinstance(want, int) and abs(want) >= 2**63
+                                and got == float(want))
+
+
+def test_socketio_packets_encode_the_same_with_the_codec():
+    fast, _std = codecs()
+    from socketio import packet
+
+    class FastPacket(packet.Packet):
+        json = fast
+
+    data = ["message", {"room": "AAAAAAAAAAAAAAAAAAAAAA", "from": "BBBBBBBBBBBBBBBB",
+                        "data": "xyz-_" * 50}]
+    want = packet.Packet(packet.EVENT, namespace="/", data=data, id=7).encode()
+    assert FastPacket(packet.EVENT, namespace="/", data=data, id=7).encode() == want
+    assert FastPacket(encoded_packet=want).data == data
+
+
+# -- garbage collector ---------------------------------------------------------------------------
+
+
+def test_tune_gc_freezes_and_raises_the_young_threshold():
+    before = gc.get_threshold()
+    try:
+        assert runtime.tune_gc({OFF: "gc"}) is False
+        assert gc.get_threshold() == before
+        assert runtime.tune_gc({}) is True
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == runtime.GC_THRESHOLDS
+        # cycles made afterwards are still collected
+        a: list = []
+        a.append(a)
+        del a
+        assert gc.collect() >= 1
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+# -- fastpath: emits without a task per recipient ------------------------------------------------
+
+
+class _FakeServer:
+    """What a client manager uses of its server."""
+
+    packet_class = socketio.packet.Packet
+
+    def __init__(self, closed: set[str] = frozenset()):
+        self.sent: list[tuple[str, str]] = []
+        self.closed = closed
+        import logging
+
+        self.logger = logging.getLogger("test_runtime")
+
+        class _Eio:
+            n = 0
+
+            def generate_id(self):
+                _Eio.n += 1
+                return f"sid{_Eio.n}"
+
+        self.eio = _Eio()
+
+    async def _send_eio_packet(self, eio_sid, pkt):
+        if eio_sid in self.closed:
+            from engineio.exceptions import SocketIsClosedError
+
+            raise SocketIsClosedError()
+        if eio_sid == "broken":
+            raise RuntimeError("boom")
+        self.sent.append((eio_sid, pkt.encode()))
+
+    async def _send_packet(self, eio_sid, pkt):
+        self.sent.append((eio_sid, "4" + pkt.encode()))
+
+
+async def _manager(cls, server, eio_sids):
+    m = cls()
+    m.set_server(server)
+    m.initialize()
+    sids = {}
+    for e in eio_sids:
+        sid = await m.pre_connect(e, "/")
+        await m.connect(sid, "/")
+        await m.enter_room(sid, "/", "room")
+        sids[e] = sid
+    return m, sids
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"room": "room"},
+    {"to": "room"},
+    {"room": None},  # everyone in the namespace
+    {"room": "room", "data": ("a", 2)},  # a tuple: several arguments
+    {"room": "room", "data": None},
+    {"room": "nobody"},
+    {"room": ["room", "other"]},
+])
+async def test_fast_emit_sends_what_the_library_sends(kwargs):
+    kwargs = dict(kwargs)
+    data = kwargs.pop("data", {"x": 1, "y": "é"})
+    eios = ["e1", "e2", "e3", "e4"]
+    results = []
+    for cls in (socketio.AsyncManager, FastManager):
+        server = _FakeServer()
+        m, sids = await _manager(cls, server, eios)
+        await m.emit("message", data, "/", skip_sid=sids["e2"], **kwargs)
+        await m.emit("joined", data, "/", skip_sid=[sids["e1"], sids["e3"]], **kwargs)
+        await m.emit("single", data, "/", to=sids["e4"])
+        await asyncio.sleep(0)
+        results.append(sorted(server.sent))
+    assert results[0] == results[1]
+
+
+async def test_fast_emit_goes_on_past_a_closed_or_broken_recipient():
+    server = _FakeServer(closed={"e2"})
+    m, sids = await _manager(FastManager, server, ["e1", "e2", "broken", "e4"])
+    await m.emit("message", {"x": 1}, "/", room="room")
+    assert sorted(e for e, _ in server.sent) == ["e1", "e4"]
+
+
+async def test_fast_emit_with_callback_is_the_library_s():
+    server = _FakeServer()
+    m, sids = await _manager(FastManager, server, ["e1", "e2"])
+    await m.emit("message", {"x": 1}, "/", to=sids["e1"], callback=lambda *a: None)
+    assert len(server.sent) == 1 and server.sent[0][0] == "e1"
+    assert m.callbacks[sids["e1"]]  # an ack id was registered
+
+
+def test_fast_manager_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv(OFF, "fastemit")
+    assert fast_manager() is None
+    monkeypatch.setenv(OFF, "")
+    assert isinstance(fast_manager(), FastManager)
+
+
+async def test_fast_manager_relays_between_real_clients():
+    """A python-socketio server on FastManager and the orjson codec, three real clients in a
+    room over WebSocket: a room emit reaches the others, not the sender; acks still work."""
+    fast, _std = codecs()
+    sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=FastManager(), json=fast)
+    try:
+        app = web.Application()
+        sio.attach(app)
+
+        @sio.on("join")
+        async def join(sid, room):
+            await sio.enter_room(sid, room)
+            return {"ok": True}
+
+        @sio.on("message")
+        async def message(sid, payload):
+            await sio.emit("message", {"from": sid, **payload}, room=payload["room"],
+                           skip_sid=sid)
+            return {"ok": True}
+
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        got: dict[int, list] = {0: [], 1: [], 2: []}
+        clients = []
+        try:
+            for i in range(3):
+                c = socketio.AsyncClient(reconnection=False)
+                c.on("message", lambda p, i=i: got[i].append(p))
+                await c.connect(f"http://127.0.0.1:{port}", transports=["websocket"])
+                assert await c.call("join", "R", timeout=5) == {"ok": True}
+                clients.append(c)
+            ack = await clients[0].call("message", {"room": "R", "data": "é" * 10}, timeout=5)
+            assert ack == {"ok": True}
+            for _ in range(100):
+                if got[1] and got[2]:
+                    break
+                await asyncio.sleep(0.02)
+            assert [p["data"] for p in got[1]] == ["é" * 10]
+            assert [p["data"] for p in got[2]] == ["é" * 10]
+            assert got[0] == []
+        finally:
+            for c in clients:
+                await c.disconnect()
+            await runner.cleanup()
+    finally:
+        # json= sets a class attribute of the libraries' packet classes for the whole process
+        import engineio.json
+        import engineio.packet
+
+        socketio.packet.Packet.json = engineio.json
+        engineio.packet.Packet.json = engineio.json
+
+
+# -- fastpath: the engine.io WebSocket loop -------------------------------------------------------
+
+
+class _FastAdapter:
+    """engine.io's aiohttp WebSocket adapter, running the handler through
+    fastpath.websocket_handler (what signaling.QuickCloseWebSocket does)."""
+
+    @staticmethod
+    def make():
+        from engineio.async_drivers import aiohttp as eio_aiohttp
+
+        from incognito_onion import fastpath
+
+        class Adapter(eio_aiohttp.WebSocket):
+            async def __call__(self, environ):
+                request = environ["aiohttp.request"]
+                self._sock = web.WebSocketResponse(
+                    max_msg_size=self.server.max_http_buffer_size, timeout=0.5)
+                await self._sock.prepare(request)
+                self.environ = environ
+                await fastpath.websocket_handler(self.handler, self)
+                return self._sock
+
+        return Adapter
+
+
+@pytest.fixture
+async def fast_server(monkeypatch):
+    """A python-socketio server on 127.0.0.1 whose WebSockets run fastpath's loop, a short
+    ping window (1 + 1 s; python-socketio's client drops out below 1 s, with either loop), and
+    a log of connects/disconnects and of which loop served them."""
+    from incognito_onion import fastpath
+
+    served = []
+    real = fastpath._serve
+
+    async def counting(sock, ws):
+        served.append(sock.sid)
+        await real(sock, ws)
+
+    monkeypatch.setattr(fastpath, "_serve", counting)
+    monkeypatch.delenv(OFF, raising=False)
+    sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=FastManager(),
+                               ping_interval=1, ping_timeout=1, max_http_buffer_size=4096)
+    sio.eio._async = {**sio.eio._async, "websocket": _FastAdapter.make()}
+    events: list[tuple[str, str]] = []
+
+    @sio.on("connect")
+    async def on_connect(sid, environ):
+        events.append(("connect", sid))
+
+    @sio.on("disconnect")
+    async def on_disconnect(sid, reason=None):
+        events.append(("disconnect", sid))
+
+    @sio.on("join")
+    async def join(sid, room):
+        await sio.enter_room(sid, room)
+        return {"ok": True}
+
+    @sio.on("message")
+    async def message(sid, payload):
+        await sio.emit("message", payload, room=payload["room"], skip_sid=sid)
+        return {"ok": True}
+
+    app = web.Application()
+    sio.attach(app)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    yield {"url": f"http://127.0.0.1:{port}", "events": events, "served": served, "sio": sio}
+    await runner.cleanup()
+
+
+async def _until(cond, timeout: float) -> float:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while not cond():
+        if loop.time() - t0 > timeout:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+    return loop.time() - t0
+
+
+async def test_fast_loop_relays_and_answers_pings(fast_server):
+    got: list = []
+    clients = []
+    try:
+        for i in range(3):
+            c = socketio.AsyncClient(reconnection=False)
+            if i:
+                c.on("message", lambda p: got.append(p))
+            await c.connect(fast_server["url"], transports=["websocket"])
+            assert await c.call("join", "R", timeout=5) == {"ok": True}
+            clients.append(c)
+        assert len(fast_server["served"]) == 3  # every one through the fast loop
+        for n in range(20):
+            await clients[0].call("message", {"room": "R", "n": n}, timeout=5)
+        await _until(lambda: len(got) == 40, 5)
+        assert sorted(p["n"] for p in got) == sorted(list(range(20)) * 2)
+        await asyncio.sleep(2.5)  # over a ping window: the clients answer, nobody dropped
+        assert all(c.connected for c in clients)
+        assert [e for e, _ in fast_server["events"]].count("disconnect") == 0
+    finally:
+        for c in clients:
+            await c.disconnect()
+    await _until(lambda: [e for e, _ in fast_server["events"]].count("disconnect") == 3, 5)
+
+
+async def _raw_connect(session, url: str):
+    ws = await session.ws_connect(f"{url}/socket.io/?EIO=4&transport=websocket")
+    opening = await ws.receive_str(timeout=5)
+    assert opening.startswith("0{")
+    await ws.send_str("40")
+    assert (await ws.receive_str(timeout=5)).startswith("40")
+    return ws
+
+
+async def test_fast_loop_drops_a_silent_client_after_the_ping_window(fast_server):
+    """A client that never answers a ping is disconnected ping_interval + ping_timeout after
+    its last frame, like the library's wait_for did (the lazy timer re-arms at the due time)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        ws = await _raw_connect(session, fast_server["url"])
+        await _until(lambda: any(e == "connect" for e, _ in fast_server["events"]), 5)
+        t = await _until(lambda: any(e == "disconnect" for e, _ in fast_server["events"]), 8)
+        assert 1.5 < t < 1 + 1 + 2 + 1
+        # the server closed the WebSocket (after a ping the client never answered)
+        while True:
+            msg = await ws.receive(timeout=5)
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                            aiohttp.WSMsgType.CLOSING):
+                break
+            assert msg.type == aiohttp.WSMsgType.TEXT and msg.data == "2"  # pings only
+        await ws.close()
+
+
+async def test_fast_loop_keeps_a_client_that_answers_pings(fast_server):
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        ws = await _raw_connect(session, fast_server["url"])
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        pings = 0
+        while loop.time() - t0 < 3.5:
+            msg = await ws.receive(timeout=3)
+            assert msg.type == aiohttp.WSMsgType.TEXT, msg
+            if msg.data == "2":
+                pings += 1
+                await ws.send_str("3")
+        assert pings >= 3
+        assert [e for e, _ in fast_server["events"]].count("disconnect") == 0
+        await ws.close()
+    await _until(lambda: any(e == "disconnect" for e, _ in fast_server["events"]), 5)
+
+
+async def test_fast_loop_closes_on_a_too_large_frame(fast_server):
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        ws = await _raw_connect(session, fast_server["url"])
+        await ws.send_str('42["message",{"room":"R","data":"' + "x" * 5000 + '"}]')
+        await _until(lambda: any(e == "disconnect" for e, _ in fast_server["events"]), 5)
+        await ws.close()
+
+
+async def test_fast_loop_can_be_turned_off(fast_server, monkeypatch):
+    monkeypatch.setenv(OFF, "fastws")
+    c = socketio.AsyncClient(reconnection=False)
+    await c.connect(fast_server["url"], transports=["websocket"])
+    assert await c.call("join", "R", timeout=5) == {"ok": True}
+    await c.disconnect()
+    assert fast_server["served"] == []
+
+
+async def test_fast_loop_takes_one_frame_per_turn_of_the_event_loop(fast_server):
+    """A flooding client's buffered frames do not hold the event loop: another client's event
+    is handled while the flood is still being worked through (the library's task per read gave
+    every connection a turn per frame)."""
+    import aiohttp
+
+    sio = fast_server["sio"]
+    handled = {"flood": 0, "honest_at": None}
+    flood_n = 3000
+
+    @sio.on("noop")
+    async def noop(sid, *args):
+        handled["flood"] += 1
+
+    @sio.on("ping_me")
+    async def ping_me(sid, *args):
+        handled["honest_at"] = handled["flood"]
+        return "pong"
+
+    honest = socketio.AsyncClient(reconnection=False)
+    await honest.connect(fast_server["url"], transports=["websocket"])
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await _raw_connect(session, fast_server["url"])
+            frame = '42["noop",{}]'
+            for _ in range(flood_n):  # written at once: the server reads it in a few chunks
+                await ws.send_str(frame)
+            await asyncio.sleep(0.001)
+            assert await honest.call("ping_me", timeout=10) == "pong"
+            await _until(lambda: handled["flood"] == flood_n, 20)
+            assert handled["honest_at"] < flood_n
+            await ws.close()
+    finally:
+        await honest.disconnect()
+
+
+async def test_fast_loop_reads_a_connection_over_its_budget_at_low_priority(fast_server):
+    """With a frame budget, a flood beyond it yields LOW_PRIORITY_TURNS turns per frame: while
+    an honest client makes 20 round trips, the server works off far fewer of the flood's frames
+    than without a budget (the honest events go first)."""
+    import aiohttp
+
+    from incognito_onion import fastpath
+
+    sio = fast_server["sio"]
+    flood_n = 3000
+    handled = {"flood": 0}
+    seen_at: list[int] = []
+
+    @sio.on("noop")
+    async def noop(sid, *args):
+        handled["flood"] += 1
+
+    @sio.on("ping_me")
+    async def ping_me(sid, *args):
+        seen_at.append(handled["flood"])
+        return "pong"
+
+    async def flood_frames_per_20_round_trips(budget) -> int:
+        setattr(sio.eio, fastpath.FRAME_BUDGET_ATTR, budget)
+        handled["flood"] = 0
+        seen_at.clear()
+        honest = socketio.AsyncClient(reconnection=False)
+        await honest.connect(fast_server["url"], transports=["websocket"])
+        try:
+            async with aiohttp.ClientSession() as session:
+                ws = await _raw_connect(session, fast_server["url"])
+                for _ in range(flood_n):
+                    await ws.send_str('42["noop",{}]')
+                for _ in range(20):
+                    assert await honest.call("ping_me", timeout=10) == "pong"
+                await _until(lambda: handled["flood"] == flood_n, 30)
+                await ws.close()
+        finally:
+            await honest.disconnect()
+        assert seen_at[-1] < flood_n, "the flood was over before the honest calls"
+        return seen_at[-1]
+
+    free = await flood_frames_per_20_round_trips(None)
+    low = await flood_frames_per_20_round_trips((10.0, 10))
+    print(f"\nflood frames handled during 20 honest round trips: {free} without a budget, "
+          f"{low} over a budget")
+    assert low * 2 < free
