@@ -202,10 +202,12 @@ class Signaling:
             engineio_logger=logging.getLogger("incognito_onion.engineio"),
         )
         self.sio.eio._async = {**self.sio.eio._async, "websocket": QuickCloseWebSocket}
-        # frames of one connection beyond this are read at low priority (fastpath): its events
-        # with some room for engine.io's pongs and the malformed frames that also cost a token
+        # frames of one connection beyond this are read at low priority (fastpath): twice its
+        # event budget in frames (a media event is two frames: header and binary attachment),
+        # doubled again so that a sender at its full event rate is never slowed; a flood runs
+        # at thousands of frames a second
         setattr(self.sio.eio, FRAME_BUDGET_ATTR,
-                (2 * cfg.limits.events_per_second + 1, 2 * cfg.limits.event_burst))
+                (4 * cfg.limits.events_per_second + 1, 4 * cfg.limits.event_burst))
         self.sio.on_malformed = self._allow_error_reply
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
