@@ -174,6 +174,10 @@ async def test_a_killed_server_comes_back_and_the_call_resumes_by_itself(
         a, b = parts
         await wait_media(parts, 1, audio=False)
         before = [await p.self_id() for p in parts]
+        host = a if await a.js("incognito.sig.host === incognito.sig.self") else b
+        await host.page.click("#btn-lock")
+        for p in parts:
+            await p.wait("incognito.sig.locked === true")
         coturn = [q for q in psutil.Process(srv.pid).children(recursive=True)
                   if "turnserver" in q.name()]
         assert coturn, "no coturn under the server"
@@ -210,6 +214,11 @@ async def test_a_killed_server_comes_back_and_the_call_resumes_by_itself(
             assert await p.screen() == "call"
         stats = await a.stats()
         assert stats[now[1]]["candidateType"] == "relay", stats  # through the new coturn
+        for p in parts:  # the lock did not come back, and each page says so
+            text = await p.wait("(() => { const n = document.querySelector("
+                                "'[data-notice=\"lock-lost\"]'); return n && n.textContent; })()")
+            assert "came back unlocked" in text, text
+            assert await p.js("incognito.sig.locked") is False
         await a.page.click("#btn-chat")
         await a.page.fill("#chat-input", "we are back")
         await a.page.press("#chat-input", "Enter")

@@ -161,6 +161,12 @@ function makeSignaling() {
   sig.addEventListener('undecryptable', (e) => onUndecryptable(/** @type {CustomEvent} */ (e).detail));
   sig.addEventListener('host', () => renderHost());
   sig.addEventListener('locked', () => renderHost());
+  sig.addEventListener('lock-lost', (e) => {
+    const d = /** @type {CustomEvent} */ (e).detail;
+    setNotice('lock-lost', 'warn', d.isHost
+      ? 'The server restarted and the room came back unlocked: lock it again if you need to.'
+      : 'The server restarted and the room came back unlocked.', 15000);
+  });
   sig.addEventListener('removed', () => endCall('removed'));
   sig.addEventListener('rejoin-failed', (e) => {
     const d = /** @type {CustomEvent} */ (e).detail;

@@ -18,6 +18,7 @@
  * - `undecryptable` {from, channel, count, senders}   something failed to decrypt (dropped)
  * - `server-error`  {code, message, event}
  * - `ice`      {iceServers, iceTransportPolicy, iceExpires}   fresh TURN credentials
+ * - `lock-lost` {wasHost, isHost}   the room came back after a server restart, unlocked
  * - `relay-receivers` {peers}        who receives media through the onion relay
  * - `media`    {from, stream, seq, key, ts, data}   a decrypted relayed media chunk
  * - `keyframe` {from, stream}        start a new recording of `stream` (a receiver or the server asks)
@@ -287,6 +288,8 @@ export class Signaling extends EventTarget {
   async _rejoin() {
     const room = /** @type {string} */ (this.room);
     const before = this.self;
+    const wasLocked = this.locked;
+    const wasHost = !!before && this.host === before;
     try {
       const meta = this.cipher ? await this.cipher.seal('meta', '', '*', this.profile) : '';
       /** @type {Record<string, string>} */
@@ -297,6 +300,10 @@ export class Signaling extends EventTarget {
       this.rejoins += 1;
       if (ack.peer === before) this.resumes += 1;
       await this._entered(ack, ack.peer === before);
+      // a restarted server brought the room back from its ticket: the lock did not come back
+      if (ack.peer !== before && wasLocked && !this.locked) {
+        this._fire('lock-lost', { wasHost, isHost: this.host === this.self });
+      }
     } catch (e) {
       const err = /** @type {SignalingError} */ (e);
       this.active = false;

@@ -241,6 +241,8 @@ test('a restarted server: the client brings the room back with its ticket and ne
   const [a, b] = sigs;
   const [oldA, oldB, rid] = [a.self, b.self, a.room];
   assert.equal(a.ice.iceServers[0].username, 'first');
+  a.locked = true; // the host had locked the room
+  const lockLost = next(a, 'lock-lost');
   server.restart();
   const events = [];
   for (const s of sigs) {
@@ -257,6 +259,8 @@ test('a restarted server: the client brings the room back with its ticket and ne
   // the mesh hears of the new credentials before it rebuilds its links for the room
   assert.deepEqual(events, ['a:ice', 'a:room']);
   assert.equal(a.ice.iceServers[0].username, 'after-restart');
+  assert.deepEqual(await lockLost, { wasHost: true, isHost: true });
+  assert.equal(a.locked, false);
   const joinedA = next(a, 'peer-joined');
   const backB = next(b, 'room');
   b.socket.bounce();
