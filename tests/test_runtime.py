@@ -345,6 +345,22 @@ def test_fast_manager_can_be_turned_off(monkeypatch):
     assert isinstance(fast_manager(), FastManager)
 
 
+def relay_handlers(sio: socketio.AsyncServer, tag_sender: bool = False) -> None:
+    """``join`` (enter a room) and ``message`` (relay to the room but the sender; with
+    ``tag_sender`` the payload gets the sender's sid as ``from``), both acked ``{"ok": True}``."""
+
+    @sio.on("join")
+    async def join(sid, room):
+        await sio.enter_room(sid, room)
+        return {"ok": True}
+
+    @sio.on("message")
+    async def message(sid, payload):
+        out = {"from": sid, **payload} if tag_sender else payload
+        await sio.emit("message", out, room=payload["room"], skip_sid=sid)
+        return {"ok": True}
+
+
 async def test_fast_manager_relays_between_real_clients():
     """A python-socketio server on FastManager and the orjson codec, three real clients in a
     room over WebSocket: a room emit reaches the others, not the sender; acks still work."""
@@ -354,16 +370,7 @@ async def test_fast_manager_relays_between_real_clients():
         app = web.Application()
         sio.attach(app)
 
-        @sio.on("join")
-        async def join(sid, room):
-            await sio.enter_room(sid, room)
-            return {"ok": True}
-
-        @sio.on("message")
-        async def message(sid, payload):
-            await sio.emit("message", {"from": sid, **payload}, room=payload["room"],
-                           skip_sid=sid)
-            return {"ok": True}
+        relay_handlers(sio, tag_sender=True)
 
         runner = web.AppRunner(app)
         await runner.setup()
@@ -456,15 +463,7 @@ async def fast_server(monkeypatch):
     async def on_disconnect(sid, reason=None):
         events.append(("disconnect", sid))
 
-    @sio.on("join")
-    async def join(sid, room):
-        await sio.enter_room(sid, room)
-        return {"ok": True}
-
-    @sio.on("message")
-    async def message(sid, payload):
-        await sio.emit("message", payload, room=payload["room"], skip_sid=sid)
-        return {"ok": True}
+    relay_handlers(sio)
 
     app = web.Application()
     sio.attach(app)
