@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 
 from . import ids
 
+#: seconds after a room was opened again from a restore ticket during which a join with a valid
+#: ticket passes its lock (the others of the call coming back after the host re-locked it)
+RESTORE_WINDOW = 120.0
+
 
 class RoomError(Exception):
     """A refused room operation, with a stable ``code`` from docs/protocol.md."""
@@ -46,6 +50,9 @@ class Room:
     host: str | None = None
     peers: dict[str, Peer] = field(default_factory=dict)  # insertion order = oldest first
     empty_since: float | None = None
+    # opened again from a restore ticket after a server restart: until then (server clock) a
+    # join with a valid ticket passes the lock, so the host can lock it again at once
+    restored_until: float | None = None
 
     def others(self, peer_id: str) -> list[Peer]:
         return [p for p in self.peers.values() if p.id != peer_id]
@@ -139,15 +146,20 @@ class Registry:
             if len(self.rooms) >= self.max_rooms:
                 raise RoomError("server_full", "this server holds as many rooms as it may")
         room = Room(id=room_id or self._fresh_id(), capacity=self.capacity)
+        if room_id is not None:
+            room.restored_until = self.clock() + RESTORE_WINDOW
         self.rooms[room.id] = room
         peer = self._add(room, sid, meta)
         return Joined(room, peer, resumed=False, replaced_sid=None)
 
-    def join(self, room_id: str, sid: str, meta: str = "", resume: str | None = None) -> Joined:
+    def join(self, room_id: str, sid: str, meta: str = "", resume: str | None = None,
+             ticket: bool = False) -> Joined:
+        """``ticket``: the joiner showed a valid restore ticket (see :func:`admit`)."""
         room = self.get(room_id)
         if room_id in self._by_sid.get(sid, {}):
             raise RoomError("already_in_room", "you are already in this room")
-        joined = admit(room, sid, meta, resume, lambda: self._check_per_connection(sid))
+        joined = admit(room, sid, meta, resume, lambda: self._check_per_connection(sid),
+                       ticket=ticket, now=self.clock())
         if joined.replaced_sid is not None:
             self._unlink(joined.replaced_sid, room.id)
         self._by_sid.setdefault(sid, {})[room.id] = joined.peer.id
@@ -241,10 +253,14 @@ def add_peer(room: Room, sid: str, meta: str, node: str = "") -> Peer:
 
 
 def admit(room: Room, sid: str, meta: str, resume: str | None,
-          check_slots: Callable[[], None], node: str = "") -> Joined:
+          check_slots: Callable[[], None], node: str = "", ticket: bool = False,
+          now: float = 0.0) -> Joined:
     """Lets connection ``sid`` into ``room``: takes over the peer whose ``resume`` token it
     holds (even in a locked room), else refuses a locked or full room, else adds a new peer.
-    ``check_slots`` raises ``too_many_rooms`` when the connection may not be in one room more."""
+    A locked room opened again from a restore ticket less than RESTORE_WINDOW ago lets in a
+    joiner with a valid ticket (``ticket``; ``now`` on the room's clock): someone of the call
+    before the restart. ``check_slots`` raises ``too_many_rooms`` when the connection may not
+    be in one room more."""
     if resume:
         stale = next((p for p in room.peers.values()
                       if hmac.compare_digest(p.resume, resume)), None)
@@ -256,7 +272,8 @@ def admit(room: Room, sid: str, meta: str, resume: str | None,
             if meta:
                 stale.meta = meta
             return Joined(room, stale, resumed=True, replaced_sid=old_sid)
-    if room.locked:
+    coming_back = ticket and room.restored_until is not None and now < room.restored_until
+    if room.locked and not coming_back:
         raise RoomError("room_locked", "the host has locked this room")
     if len(room.peers) >= room.capacity:
         raise RoomError("room_full", f"this room is full ({len(room.peers)} of "

@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 
 from . import ids
 from .rooms import (
+    RESTORE_WINDOW,
     Departure,
     Joined,
     Peer,
@@ -92,8 +93,8 @@ class LocalRooms:
         return self.registry.create(sid, meta, room_id)
 
     async def join(self, room_id: str, sid: str, meta: str = "",
-                   resume: str | None = None) -> Joined:
-        return self.registry.join(room_id, sid, meta, resume)
+                   resume: str | None = None, ticket: bool = False) -> Joined:
+        return self.registry.join(room_id, sid, meta, resume, ticket)
 
     async def member(self, room_id: str, sid: str) -> tuple[Room, Peer]:
         return self.registry.member(room_id, sid)
@@ -130,6 +131,7 @@ def encode_room(room: Room) -> str:
     return json.dumps({
         "id": room.id, "capacity": room.capacity, "pinned": room.pinned,
         "locked": room.locked, "host": room.host, "empty_since": room.empty_since,
+        "restored_until": room.restored_until,
         "peers": [[p.id, p.sid, p.resume, p.node] for p in room.peers.values()],
     }, separators=(",", ":"))
 
@@ -138,7 +140,8 @@ def decode_room(raw: str | bytes, metas: dict[str, str] | None = None) -> Room:
     d = json.loads(raw)
     metas = metas or {}
     room = Room(id=d["id"], capacity=int(d["capacity"]), pinned=bool(d["pinned"]),
-                locked=bool(d["locked"]), host=d["host"], empty_since=d["empty_since"])
+                locked=bool(d["locked"]), host=d["host"], empty_since=d["empty_since"],
+                restored_until=d.get("restored_until"))
     for pid, sid, resume, node in d["peers"]:
         room.peers[pid] = Peer(id=pid, sid=sid, meta=metas.get(pid, ""), resume=resume,
                                node=node)
@@ -322,6 +325,8 @@ class SharedRooms:
                     raise _Retry
             room.peers.clear()
             room.host = None
+            if room_id is not None:
+                room.restored_until = self.clock() + RESTORE_WINDOW
             peer = add_peer(room, sid, meta, self.node)
 
             def writes(p: Any) -> None:
@@ -340,7 +345,7 @@ class SharedRooms:
                 continue
 
     async def join(self, room_id: str, sid: str, meta: str = "",
-                   resume: str | None = None) -> Joined:
+                   resume: str | None = None, ticket: bool = False) -> Joined:
         async def body(pipe: Any):
             room = await self._load(pipe, room_id)
             if room is None or expired(room, self.clock(), self.empty_grace):
@@ -354,7 +359,8 @@ class SharedRooms:
                     raise RoomError("too_many_rooms", f"one connection can be in at most "
                                                       f"{self.per_connection} rooms")
 
-            joined = admit(room, sid, meta, resume, check_slots, self.node)
+            joined = admit(room, sid, meta, resume, check_slots, self.node, ticket=ticket,
+                           now=self.clock())
 
             def writes(p: Any) -> None:
                 p.set(k_room(room.id), encode_room(room))

@@ -310,8 +310,11 @@ class Signaling:
         conn = self.conns[sid]
         if not conn.failed_joins.has():
             raise RoomError("rate_limited", "too many joins of rooms that do not exist; wait")
+        # a valid restore ticket also passes the lock of a room just opened again from one
+        ticket = "restore" in f and self.tickets.valid(f["room"], f["restore"])
         try:
-            joined = await self.rooms.join(f["room"], sid, f.get("meta", ""), f.get("resume"))
+            joined = await self.rooms.join(f["room"], sid, f.get("meta", ""), f.get("resume"),
+                                           ticket)
         except RoomError as exc:
             if exc.code != "room_not_found":
                 raise
@@ -344,7 +347,7 @@ class Signaling:
                 raise
             # someone else brought it back first: an ordinary join (never a resume: this
             # server issued no resume token for it before its restart)
-            return await self.rooms.join(f["room"], sid, f.get("meta", ""), None)
+            return await self.rooms.join(f["room"], sid, f.get("meta", ""), None, True)
         log.info("a room came back after a server restart (%d open)", await self.rooms.count())
         return joined
 

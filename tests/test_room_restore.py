@@ -15,7 +15,7 @@ import pytest
 
 from incognito_onion import room_tickets
 from incognito_onion.room_tickets import RoomTickets
-from incognito_onion.rooms import Registry, RoomError
+from incognito_onion.rooms import RESTORE_WINDOW, Registry, RoomError
 from incognito_onion.shared_rooms import SharedRooms
 from incognito_onion.state import StateDirError
 from tests.support.server import Peer, start_server
@@ -61,6 +61,27 @@ def test_the_registry_reopens_a_room_under_its_id():
     assert reg.join(ROOM, "s2", "m2").room.host == back.peer.id
 
 
+def test_a_ticket_passes_the_lock_of_a_reopened_room_for_a_while_only():
+    now = [1000.0]
+    reg = Registry(capacity=6, clock=lambda: now[0])
+    host = reg.create("s1", "m1", room_id=ROOM)
+    reg.lock(ROOM, "s1", True)  # the host locks it again at once
+    with pytest.raises(RoomError) as exc:
+        reg.join(ROOM, "stranger", "m")
+    assert exc.value.code == "room_locked"
+    assert reg.join(ROOM, "s2", "m2", ticket=True).peer.id != host.peer.id
+    now[0] += RESTORE_WINDOW + 1
+    with pytest.raises(RoomError) as exc:
+        reg.join(ROOM, "s3", "m3", ticket=True)
+    assert exc.value.code == "room_locked"
+    # a room that was never restored: a ticket does not open its lock
+    plain = reg.create("s4", "m4")
+    reg.lock(plain.room.id, "s4", True)
+    with pytest.raises(RoomError) as exc:
+        reg.join(plain.room.id, "s5", "m5", ticket=True)
+    assert exc.value.code == "room_locked"
+
+
 async def test_workers_racing_to_reopen_a_room_make_one(redis_url):
     ws = [SharedRooms.from_url(redis_url, node=f"w{i}", capacity=6, max_rooms=5,
                                per_connection=2, empty_grace=0.0) for i in range(3)]
@@ -72,6 +93,12 @@ async def test_workers_racing_to_reopen_a_room_make_one(redis_url):
     assert made[0].room.id == ROOM and await ws[0].count() == 1
     joined = await ws[1].join(ROOM, "late", "m")
     assert joined.room.host == made[0].peer.id
+    # the window rides along in redis: another worker lets a ticket through the lock
+    await ws[0].lock(ROOM, made[0].peer.sid, True)
+    with pytest.raises(RoomError) as exc:
+        await ws[2].join(ROOM, "stranger", "m")
+    assert exc.value.code == "room_locked"
+    assert (await ws[2].join(ROOM, "back", "m", ticket=True)).room.locked
 
 
 # --- a real server, killed and started again ------------------------------------------------------
@@ -118,6 +145,10 @@ async def test_a_killed_server_comes_back_and_the_room_with_it(tmp_path):
                                        "restore": ticket})
         assert ack_a["ok"] and ack_a["room"] == rid and ack_a["peers"] == [], ack_a
         assert ack_a["host"] == ack_a["peer"] != made["peer"] and not ack_a["locked"]
+        relock = await a2.call("lock", {"room": rid, "locked": True})  # what the host's page does
+        assert relock["ok"] and relock["locked"], relock
+        ack = await guesser.call("join", {"room": rid})
+        assert ack["error"]["code"] == "room_locked", ack
         ack_b2 = await b2.call("join", {"room": rid, "meta": "meta-b",
                                         "resume": ack_b["resume"], "restore": ticket})
         assert ack_b2["ok"] and ack_b2["peers"] == [{"peer": ack_a["peer"], "meta": "meta-a"}]

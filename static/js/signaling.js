@@ -18,7 +18,8 @@
  * - `undecryptable` {from, channel, count, senders}   something failed to decrypt (dropped)
  * - `server-error`  {code, message, event}
  * - `ice`      {iceServers, iceTransportPolicy, iceExpires}   fresh TURN credentials
- * - `lock-lost` {wasHost, isHost}   the room came back after a server restart, unlocked
+ * - `lock-lost` {wasHost, isHost}   the room came back after a server restart, unlocked (and
+ *                its host before the restart did not lock it again: someone else came back first)
  * - `relay-receivers` {peers}        who receives media through the onion relay
  * - `media`    {from, stream, seq, key, ts, data}   a decrypted relayed media chunk
  * - `keyframe` {from, stream}        start a new recording of `stream` (a receiver or the server asks)
@@ -300,9 +301,20 @@ export class Signaling extends EventTarget {
       this.rejoins += 1;
       if (ack.peer === before) this.resumes += 1;
       await this._entered(ack, ack.peer === before);
-      // a restarted server brought the room back from its ticket: the lock did not come back
+      // a restarted server brought the room back from its ticket, unlocked: its host locks it
+      // again (the others of the call still get in with their tickets for a while); anyone
+      // else hears that the lock is gone
       if (ack.peer !== before && wasLocked && !this.locked) {
-        this._fire('lock-lost', { wasHost, isHost: this.host === this.self });
+        const isHost = this.host === this.self;
+        let relocked = false;
+        if (wasHost && isHost) {
+          try {
+            await this.lock(true);
+            this.locked = true;
+            relocked = true;
+          } catch { /* said below */ }
+        }
+        if (!relocked) this._fire('lock-lost', { wasHost, isHost });
       }
     } catch (e) {
       const err = /** @type {SignalingError} */ (e);

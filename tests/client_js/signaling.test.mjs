@@ -34,7 +34,7 @@ class FakeServer {
     const reply = (x) => ack && ack(x);
     const welcome = (room, peer) => ({
       ok: true, room: room.id, peer: peer.id, host: room.host, resume: peer.resume,
-      restore: `ticket-${room.id}`, locked: false, capacity: 6,
+      restore: `ticket-${room.id}`, locked: !!room.locked, capacity: 6,
       peers: [...room.peers.values()].filter((q) => q !== peer).map((q) => ({ peer: q.id, meta: q.meta })),
       iceServers: [{ urls: ['turn:127.0.0.1:3478?transport=tcp'], username: this.turnUser, credential: 'c' }],
       iceTransportPolicy: 'relay', iceExpires: null, // null: no refresh timer keeps node alive
@@ -87,6 +87,12 @@ class FakeServer {
     if (event === 'ice') {
       return reply({ ok: true, iceServers: [{ urls: ['turn:127.0.0.1:3478?transport=tcp'],
         username: 'fresh', credential: 'c' }], iceTransportPolicy: 'relay', iceExpires: 4102444800 });
+    }
+    if (event === 'lock') {
+      if (room.host !== me.id) return reply({ ok: false, error: { code: 'not_host', message: 'x' } });
+      room.locked = p.locked;
+      for (const q of room.peers.values()) q.sock.deliver('locked', { room: room.id, locked: p.locked });
+      return reply({ ok: true, locked: p.locked });
     }
     if (event === 'leave') {
       room.peers.delete(me.id);
@@ -242,13 +248,18 @@ test('a restarted server: the client brings the room back with its ticket and ne
   const [oldA, oldB, rid] = [a.self, b.self, a.room];
   assert.equal(a.ice.iceServers[0].username, 'first');
   a.locked = true; // the host had locked the room
-  const lockLost = next(a, 'lock-lost');
+  b.locked = true;
+  let aLost = false;
+  a.addEventListener('lock-lost', () => { aLost = true; });
+  let bLost = false;
+  b.addEventListener('lock-lost', () => { bLost = true; });
   server.restart();
   const events = [];
   for (const s of sigs) {
     for (const ev of ['ice', 'room']) s.addEventListener(ev, () => events.push(`${s === a ? 'a' : 'b'}:${ev}`));
   }
   const backA = next(a, 'room');
+  const relocked = next(a, 'locked');
   a.socket.bounce();
   const ra = await backA;
   assert.equal(ra.resumed, false);
@@ -259,8 +270,10 @@ test('a restarted server: the client brings the room back with its ticket and ne
   // the mesh hears of the new credentials before it rebuilds its links for the room
   assert.deepEqual(events, ['a:ice', 'a:room']);
   assert.equal(a.ice.iceServers[0].username, 'after-restart');
-  assert.deepEqual(await lockLost, { wasHost: true, isHost: true });
-  assert.equal(a.locked, false);
+  // the host was first back: it locks the room again, and says nothing
+  assert.deepEqual(await relocked, { locked: true });
+  assert.equal(a.locked, true);
+  assert.equal(server.rooms.get(rid).locked, true);
   const joinedA = next(a, 'peer-joined');
   const backB = next(b, 'room');
   b.socket.bounce();
@@ -268,6 +281,9 @@ test('a restarted server: the client brings the room back with its ticket and ne
   assert.deepEqual(rb.peers.map((p) => p.peer), [a.self]);
   assert.notEqual(b.self, oldB);
   assert.equal((await joinedA).peer, b.self);
+  assert.equal(aLost, false);
+  assert.equal(b.locked, true); // back in the room its host locked again: nothing lost
+  assert.equal(bLost, false);
   const got = next(a, 'message');
   await b.broadcast({ after: 'restart' });
   assert.deepEqual((await got).body, { after: 'restart' });
