@@ -62,6 +62,7 @@ from tests.support.browsers import (  # noqa: E402
     _kill_pids,
     _user_js,
     browser_roots,
+    poll_page,
 )
 from tests.support.onion_up import Up  # noqa: E402
 from tests.support.server import free_port  # noqa: E402
@@ -382,19 +383,10 @@ class Person:
         return await self.page.evaluate(expr)
 
     async def wait(self, expr: str, timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while True:
-            try:
-                last = await self.js(expr)
-            except Exception as e:  # page loading
-                last = f"error: {e}"
-            else:
-                if last:
-                    return last
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: no {what} within {timeout:g} s (last {last!r})")
-            await asyncio.sleep(0.3)
+        async def failure(last: Any) -> BaseException:
+            return TimeoutError(f"{self.name}: no {what} within {timeout:g} s (last {last!r})")
+
+        return await poll_page(lambda: self.js(expr), timeout, 0.3, failure)
 
 
 async def chromium_person(browser: Any, url: str, name: str, timeout: float) -> Person:

@@ -24,8 +24,9 @@ load once uvloop had made the rest cheap. :func:`websocket_handler` runs the sam
 connection that opened as a WebSocket; an upgrade from long-polling keeps the library's) with
 the same timeouts kept by one lazily re-armed timer per direction: a frame costs a clock read.
 What happens on a timeout, a close, a too-large frame, an error is what the library does.
-One addition: a connection that sends frames faster than its budget (the event rate limit, plus
-room for pongs) is read at low priority, so a flood delays the flooder, not everyone else.
+One addition: a connection that sends frames faster than its budget (``FRAME_BUDGET_ATTR``, set
+by ``Signaling`` well above what its event rate limit lets through) is read at low priority, so
+a flood delays the flooder, not everyone else.
 """
 
 from __future__ import annotations

@@ -53,12 +53,10 @@ def load(state_dir: Path | str) -> RoomTickets:
     path = Path(state_dir) / SECRET_NAME
     raw = read_private(path)
     if raw is not None:
-        try:
-            secret = bytes.fromhex(raw.decode("ascii").strip())
-        except (UnicodeDecodeError, ValueError):
-            secret = b""
-        if len(secret) >= 16:
-            return RoomTickets(secret)
+        try:  # not hex, or too short for RoomTickets: both ValueError
+            return RoomTickets(bytes.fromhex(raw.decode("ascii").strip()))
+        except ValueError:
+            pass
         raise StateDirError(f"{path}: not a ticket secret (64 hex digits); delete it and a new "
                             f"one is made (open calls then cannot come back after a restart)")
     tickets = RoomTickets()

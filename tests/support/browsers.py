@@ -30,7 +30,7 @@ import socket
 import subprocess
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,23 +98,35 @@ FIREFOX_TOR_LIKE: dict[str, Any] = {
 }
 
 
-async def ff_wait(ff: Any, js: str, *args: Any, timeout: float = 45.0, what: str = "",
-                  interval: float = 0.2) -> Any:
-    """Polls ``js`` (a function body) in the Firefox page until it returns something truthy and
-    returns that; fails after ``timeout`` seconds with the last value (or error) seen."""
+async def poll_page(probe: Callable[[], Awaitable[Any]], timeout: float, interval: float,
+                    failure: Callable[[Any], Awaitable[BaseException]]) -> Any:
+    """Awaits ``probe()`` every ``interval`` seconds until it gives something truthy, and
+    returns that; an exception from the probe (a page still loading, a navigation) counts as
+    a falsy ``"error: ..."``. After ``timeout`` seconds raises ``await failure(last value)``."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
         try:
-            last = await asyncio.to_thread(ff.run, js, *args)
-        except Exception as e:  # page still loading
+            last = await probe()
+        except Exception as e:
             last = f"error: {e}"
         else:
             if last:
                 return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"firefox: timed out waiting for {what or js!r} (last {last!r})")
+            raise await failure(last)
         await asyncio.sleep(interval)
+
+
+async def ff_wait(ff: Any, js: str, *args: Any, timeout: float = 45.0, what: str = "",
+                  interval: float = 0.2) -> Any:
+    """Polls ``js`` (a function body) in the Firefox page until it returns something truthy and
+    returns that; fails after ``timeout`` seconds with the last value (or error) seen."""
+    async def failure(last: Any) -> BaseException:
+        return AssertionError(f"firefox: timed out waiting for {what or js!r} (last {last!r})")
+
+    return await poll_page(lambda: asyncio.to_thread(ff.run, js, *args), timeout, interval,
+                           failure)
 
 
 # --- Chromium -----------------------------------------------------------------------------------

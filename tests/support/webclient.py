@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.browsers import poll_page
 from tests.support.coturn import free_tcp_port, free_udp_range
 from tests.support.server import (
     REPO,
@@ -377,21 +378,12 @@ class Participant:
         """Polls ``expr`` (an expression, or a function of ``arg``) until it is truthy.
         (Playwright's wait_for_function evaluates strings with eval, which the page's CSP
         refuses; page.evaluate goes through the debugger protocol.)"""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while True:
-            try:
-                last = await self.page.evaluate(expr, arg)
-            except Exception as e:  # e.g. a navigation in between
-                last = f"error: {e}"
-            else:
-                if last:
-                    return last
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}: timed out after {timeout:g} s waiting for "
-                                     f"{expr} (last: {last!r}); {why}: "
-                                     f"{await self.page.evaluate(why)}")
-            await asyncio.sleep(0.1)
+        async def failure(last: Any) -> BaseException:
+            return AssertionError(f"{self.name}: timed out after {timeout:g} s waiting for "
+                                  f"{expr} (last: {last!r}); {why}: "
+                                  f"{await self.page.evaluate(why)}")
+
+        return await poll_page(lambda: self.page.evaluate(expr, arg), timeout, 0.1, failure)
 
     async def screen(self) -> str:
         return await self.js("document.body.dataset.screen || ''")
