@@ -13,6 +13,7 @@ from typing import Any
 
 import socketio
 from aiohttp.web import WebSocketResponse
+from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as _eio_aiohttp
 
 from . import runtime
@@ -47,6 +48,8 @@ RESERVED_EVENTS = frozenset({"connect", "disconnect", "connect_error", "disconne
 LIBRARY_EVENT_NAMES = RESERVED_EVENTS | {"*"}
 MAX_ATTACHMENTS = 4  # binary attachments one socket.io packet may announce
 _BINARY_HEADER = re.compile(r"^[56](\d{1,6})-")
+# a text EVENT packet on the default namespace: type 2, an optional ack id, a JSON array
+_PLAIN_EVENT = re.compile(r"2(\d{1,15})?\[")
 
 
 # How long closing a WebSocket waits for the client's close frame (aiohttp's default: 10 s).
@@ -63,8 +66,11 @@ class QuickCloseWebSocket(_eio_aiohttp.WebSocket):
 
     async def __call__(self, environ: dict) -> Any:
         request = environ["aiohttp.request"]
+        # compress=False: no permessage-deflate (aiohttp's default accepts the browser's offer).
+        # What goes through is end-to-end encrypted, which does not compress: deflating every
+        # frame was CPU for nothing (Node's socket.io has it off by default too)
         self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size,
-                                       timeout=WS_CLOSE_TIMEOUT)
+                                       timeout=WS_CLOSE_TIMEOUT, compress=False)
         await self._sock.prepare(request)
         self.environ = environ
         await fast_websocket_handler(self.handler, self)
@@ -79,16 +85,54 @@ class GuardedServer(socketio.AsyncServer):
     a connection that sends an event on a namespace it is not in."""
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        if isinstance(data, str) and data[:1] in ("5", "6"):
+        plain = None
+        if type(data) is str and data[:1] == "2" and eio_sid not in self._binary_packet:
+            plain = _PLAIN_EVENT.match(data)
+        elif isinstance(data, str) and data[:1] in ("5", "6"):
             m = _BINARY_HEADER.match(data)
             if m is None or int(m.group(1)) > MAX_ATTACHMENTS:
                 await self._malformed(eio_sid, "too many binary attachments")
                 return
         try:
-            await super()._handle_eio_message(eio_sid, data)
+            if plain is None or not await self._plain_event(eio_sid, data, plain):
+                await super()._handle_eio_message(eio_sid, data)
         except Exception:
             self._binary_packet.pop(eio_sid, None)
             await self._malformed(eio_sid, "malformed packet")
+
+    async def _plain_event(self, eio_sid: str, data: str, m: re.Match[str]) -> bool:
+        """The common packet, an event on ``/`` (what every relayed message is), handed to the
+        catch-all handler and acked without the library's packet object and its five layers
+        of dispatch: the same checks and the same outcome, at a fraction of the cost. Returns
+        False, having done nothing, for anything else, which then takes the library's path."""
+        try:
+            payload = self.packet_class.json.loads(data[m.end() - 1:])
+        except Exception:
+            return False  # malformed: the library's path answers it
+        if not (type(payload) is list and payload and isinstance(payload[0], str)):
+            return False
+        event = payload[0]
+        handlers = self.handlers.get("/")
+        if not handlers or (event in handlers and event not in LIBRARY_EVENT_NAMES):
+            return False  # a handler of its own: the library calls it
+        catch_all = handlers.get("*")
+        sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+        if catch_all is None or sid is None or not self.manager.is_connected(sid, "/"):
+            return False
+        reply = catch_all(event, sid, *payload[1:])
+        if inspect.isawaitable(reply):
+            reply = await reply
+        if m.group(1) is not None:
+            ack_id = int(m.group(1))
+            try:  # the ACK packet as the library encodes it: 3<id>[reply]
+                encoded = f"3{ack_id}" + self.packet_class.json.dumps(
+                    [] if reply is None else [reply], separators=(",", ":"))
+            except TypeError:  # bytes in the reply: the library makes it a binary ack
+                await self._ack(eio_sid, "/", ack_id, reply)
+            else:
+                await self.eio.send_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE,
+                                                                      encoded))
+        return True
 
     async def _handle_event(self, eio_sid: str, namespace: Any, id: Any, data: Any) -> None:
         namespace = namespace or "/"

@@ -256,15 +256,30 @@ class _FakeServer:
 
     packet_class = socketio.packet.Packet
 
-    def __init__(self, closed: set[str] = frozenset()):
+    def __init__(self, closed: set[str] = frozenset(), live: set[str] = frozenset()):
+        """``live``: engine.io sids with an open socket object in ``eio.sockets`` (FastManager
+        sends straight to it); the others only through ``_send_eio_packet``."""
         self.sent: list[tuple[str, str]] = []
         self.closed = closed
         import logging
 
         self.logger = logging.getLogger("test_runtime")
+        server = self
+
+        class _Sock:
+            closed = False
+
+            def __init__(self, eio_sid: str):
+                self.eio_sid = eio_sid
+
+            async def send(self, pkt):
+                server.sent.append((self.eio_sid, pkt.encode()))
 
         class _Eio:
             n = 0
+
+            def __init__(self):
+                self.sockets = {e: _Sock(e) for e in live}
 
             def generate_id(self):
                 _Eio.n += 1
@@ -307,13 +322,14 @@ async def _manager(cls, server, eio_sids):
     {"room": "nobody"},
     {"room": ["room", "other"]},
 ])
-async def test_fast_emit_sends_what_the_library_sends(kwargs):
+@pytest.mark.parametrize("live", [frozenset(), frozenset({"e1", "e3", "e4"})])
+async def test_fast_emit_sends_what_the_library_sends(kwargs, live):
     kwargs = dict(kwargs)
     data = kwargs.pop("data", {"x": 1, "y": "é"})
     eios = ["e1", "e2", "e3", "e4"]
     results = []
     for cls in (socketio.AsyncManager, FastManager):
-        server = _FakeServer()
+        server = _FakeServer(live=live if cls is FastManager else frozenset())
         m, sids = await _manager(cls, server, eios)
         await m.emit("message", data, "/", skip_sid=sids["e2"], **kwargs)
         await m.emit("joined", data, "/", skip_sid=[sids["e1"], sids["e3"]], **kwargs)
