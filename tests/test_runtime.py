@@ -7,6 +7,8 @@ import asyncio
 import gc
 import json
 import math
+import os
+from collections.abc import AsyncIterator
 
 import pytest
 import socketio
@@ -678,3 +680,144 @@ async def test_fast_loop_reads_a_connection_over_its_budget_at_low_priority(fast
     print(f"\nflood frames handled during 20 honest round trips: {free} without a budget, "
           f"{low} over a budget")
     assert low * 2 < free
+
+
+# -- fastpath: packets written straight to the socket ----------------------------------------------
+
+
+async def test_fast_loop_keeps_the_order_of_direct_and_queued_frames(fast_server, monkeypatch):
+    """Frames over DIRECT_MAX go through the writer task, the others straight to the socket
+    when nothing is queued: mixed in one fast stream they still arrive in the order sent."""
+    from incognito_onion import fastpath
+
+    monkeypatch.setattr(fastpath, "DIRECT_MAX", 200)
+    got: list[int] = []
+    a = socketio.AsyncClient(reconnection=False)
+    b = socketio.AsyncClient(reconnection=False)
+    b.on("message", lambda p: got.append(p["n"]))
+    try:
+        for c in (a, b):
+            await c.connect(fast_server["url"], transports=["websocket"])
+            assert await c.call("join", "R", timeout=5) == {"ok": True}
+        n = 400
+        for i in range(n):  # no waiting for acks: the server's sends overtake its writer
+            await a.emit("message", {"room": "R", "n": i, "pad": "x" * (20 if i % 3 else 900)})
+        await _until(lambda: len(got) == n, 10)
+        assert got == list(range(n))
+    finally:
+        await a.disconnect()
+        await b.disconnect()
+
+
+def _ws_frame(text: str) -> bytes:
+    """A masked client text frame (RFC 6455 5.2)."""
+    import struct
+
+    data = text.encode()
+    mask = os.urandom(4)
+    n = len(data)
+    head = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else struct.pack("!BBH", 0x81, 0xFE, n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+async def _ws_frames(reader: asyncio.StreamReader) -> AsyncIterator[tuple[int, bytes]]:
+    """The server's (unmasked) frames, as (opcode, payload) pairs."""
+    import struct
+
+    while True:
+        b0, b1 = await reader.readexactly(2)
+        n = b1 & 0x7F
+        if n == 126:
+            (n,) = struct.unpack("!H", await reader.readexactly(2))
+        elif n == 127:
+            (n,) = struct.unpack("!Q", await reader.readexactly(8))
+        yield b0 & 0x0F, await reader.readexactly(n)
+
+
+async def test_fast_loop_a_reader_that_stops_reading_holds_up_nobody(fast_server):
+    """A client that stops reading (its socket buffers full) makes the server queue its
+    packets, never wait for it: the sender's acks and the other receiver's relays keep coming,
+    and when it reads again it gets every packet, in order."""
+    import base64
+    import socket
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(fast_server["url"])
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: fills soon
+    raw.connect((url.hostname, url.port))
+    reader, writer = await asyncio.open_connection(sock=raw)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    assert b" 101 " in await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    frames = _ws_frames(reader)
+    assert (await asyncio.wait_for(anext(frames), 5))[1].startswith(b"0{")
+    writer.write(_ws_frame("40"))
+    assert (await asyncio.wait_for(anext(frames), 5))[1].startswith(b"40")
+    writer.write(_ws_frame('420["join","R"]'))
+    assert (await asyncio.wait_for(anext(frames), 5))[1] == b'430[{"ok":true}]'
+    # from here on the raw client reads nothing
+
+    got: list[int] = []
+    a = socketio.AsyncClient(reconnection=False)
+    b = socketio.AsyncClient(reconnection=False)
+    b.on("message", lambda p: got.append(p["n"]))
+    n, pad = 2500, "y" * 3000  # ~7.5 MB to the stalled client, far past every buffer
+    try:
+        for c in (a, b):
+            await c.connect(fast_server["url"], transports=["websocket"])
+            assert await c.call("join", "R", timeout=5) == {"ok": True}
+        for i in range(n):
+            await a.emit("message", {"room": "R", "n": i, "pad": pad})
+        assert await a.call("message", {"room": "R", "n": n, "pad": ""}, timeout=10) == {
+            "ok": True}
+        await _until(lambda: len(got) == n + 1, 15)
+        assert got == list(range(n + 1))
+
+        # now it reads: everything, in order (pings may come in between; it never answers
+        # them, but the 1 + 1 s ping window is far from over)
+        seen: list[int] = []
+        while len(seen) < n + 1:
+            op, payload = await asyncio.wait_for(anext(frames), 10)
+            if payload.startswith(b'42["message"'):
+                seen.append(json.loads(payload[2:])[1]["n"])
+        assert seen == list(range(n + 1))
+    finally:
+        await a.disconnect()
+        await b.disconnect()
+        writer.close()
+
+
+async def test_fast_loop_with_permessage_deflate(fast_server):
+    """A connection that negotiated compression (this test server's WebSocketResponse allows
+    it) has every frame written by aiohttp's writer, which keeps the compressor's state."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(
+            f"{fast_server['url']}/socket.io/?EIO=4&transport=websocket", compress=15)
+        assert ws.compress == 15
+        assert (await ws.receive_str(timeout=5)).startswith("0{")
+        await ws.send_str("40")
+        assert (await ws.receive_str(timeout=5)).startswith("40")
+        await ws.send_str('421["join","R"]')
+        assert await ws.receive_str(timeout=5) == '431[{"ok":true}]'
+        for i in range(20):
+            await ws.send_str(f'42{i + 2}["message",{{"room":"R","n":{i}}}]')
+            assert await ws.receive_str(timeout=5) == f'43{i + 2}[{{"ok":true}}]'
+        await ws.close()
+
+
+async def test_the_server_declines_permessage_deflate(live_server):
+    """Our server never compresses: what goes through is end-to-end encrypted and does not
+    compress, and a compressed connection could not take the direct writes."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(
+            f"{live_server.base}/socket.io/?EIO=4&transport=websocket", compress=15)
+        assert ws.compress == 0
+        assert (await ws.receive_str(timeout=5)).startswith("0{")
+        await ws.close()
