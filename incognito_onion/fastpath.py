@@ -50,6 +50,22 @@ from socketio import packet as sio_packet
 from .limits import TokenBucket
 
 
+def has_binary(data: Any) -> bool:
+    """Whether ``data`` holds bytes anywhere (socket.io then sends it as a binary event):
+    ``socketio.packet.Packet.data_is_binary``, which builds a list per level and never stops
+    early, was a few per cent of the relay's CPU."""
+    t = type(data)
+    if t is str or t is int or t is float or t is bool or data is None:
+        return False
+    if t is bytes or t is bytearray:
+        return True
+    if t is list or t is tuple:
+        return any(has_binary(x) for x in data)
+    if t is dict:
+        return any(has_binary(x) for x in data.values())
+    return isinstance(data, (bytes, bytearray))
+
+
 class FastManager(socketio.AsyncManager):
     """``socketio.AsyncManager`` whose callback-less emits run without a task per recipient."""
 
@@ -74,10 +90,15 @@ class FastManager(socketio.AsyncManager):
                       if sid not in skip]
         if not recipients:
             return
-        encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace,
-                                           data=[event, *args]).encode()
-        if not isinstance(encoded, list):
-            encoded = [encoded]
+        data = [event, *args]
+        if namespace == "/" and not has_binary(data):
+            # what Packet(EVENT, data=...).encode() gives, without its slow binary scan
+            encoded = ["2" + self.server.packet_class.json.dumps(data, separators=(",", ":"))]
+        else:
+            encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace,
+                                               data=data).encode()
+            if not isinstance(encoded, list):
+                encoded = [encoded]
         eio_pkts = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in encoded]
         sockets = self.server.eio.sockets
         for eio_sid in recipients:
@@ -200,14 +221,9 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     check_ping_timeout = sock.check_ping_timeout
     ping_timeout = server.ping_timeout
 
-    async def send(pkt: eio_packet.Packet) -> None:
-        # AsyncSocket.send: check_ping_timeout() inline, no debug log line
-        if sock.closed:
-            raise eio_exceptions.SocketIsClosedError()
-        last_ping = sock.last_ping
-        if last_ping and time.time() - last_ping > ping_timeout:
-            await check_ping_timeout()  # closes the socket, as the library's send does
-            return
+    def put(pkt: eio_packet.Packet) -> None:
+        """Writes ``pkt`` now when that keeps the order and cannot wait, else queues it for
+        the writer (the queue is unbounded: never waits either)."""
         if not writing and transport is not None and queue.empty() \
                 and not transport.get_write_buffer_size() and not transport.is_closing() \
                 and not resp.closed:
@@ -223,7 +239,33 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
                 transport.write((struct.pack("!BB", opcode, n) if n < 126 else
                                  struct.pack("!BBH", opcode, 126, n)) + data)
                 return
-        await queue.put(pkt)
+        queue.put_nowait(pkt)
+
+    async def send(pkt: eio_packet.Packet) -> None:
+        # AsyncSocket.send: check_ping_timeout() inline, no debug log line
+        if sock.closed:
+            raise eio_exceptions.SocketIsClosedError()
+        last_ping = sock.last_ping
+        if last_ping and time.time() - last_ping > ping_timeout:
+            await check_ping_timeout()  # closes the socket, as the library's send does
+            return
+        put(pkt)
+
+    # engine.io's pings (AsyncSocket.schedule_ping/_send_ping): the same schedule, a timer
+    # instead of a task sleeping out the interval, per ping of every connection
+    loop = asyncio.get_running_loop()
+    ping_timer: list[asyncio.TimerHandle] = []
+
+    def ping_now() -> None:
+        ping_timer.clear()
+        if not sock.closing and not sock.closed:
+            sock.last_ping = time.time()
+            put(eio_packet.Packet(eio_packet.PING))
+
+    def schedule_ping() -> None:
+        if sock.last_ping:
+            sock.last_ping = None
+            ping_timer.append(loop.call_later(server.ping_interval, ping_now))
 
     async def writer() -> None:
         nonlocal writing
@@ -253,6 +295,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
         await ws.close()
 
     sock.send = send  # type: ignore[method-assign]  # this socket's packets: see above
+    sock.schedule_ping = schedule_ping  # type: ignore[method-assign]
     writer_task = asyncio.ensure_future(writer())
     server.logger.info("%s: Upgrade to websocket successful", sock.sid)
     deadline = _Deadline(timeout)
@@ -289,7 +332,9 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
             if len(data) > max_size:
                 break  # the library: ValueError('packet is too large'), then the same
             try:
-                if on_message is not None and type(data) is str and data[:1] == "4":
+                if data == "3":  # PONG: AsyncSocket.receive's, without its debug log line
+                    schedule_ping()
+                elif on_message is not None and type(data) is str and data[:1] == "4":
                     # a text MESSAGE (every socket.io packet): AsyncSocket.receive ->
                     # server._trigger_event('message') without the Packet, whose decode tries
                     # the text as JSON first (socket.io packets are not: they start with a
@@ -327,6 +372,9 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     finally:
         deadline.cancel()
         sock.__dict__.pop("send", None)  # the library's send (the queue) from here on
+        sock.__dict__.pop("schedule_ping", None)
+        for timer in ping_timer:
+            timer.cancel()
     await queue.put(None)  # unlock the writer so it can exit
     await writer_task
     await sock.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)

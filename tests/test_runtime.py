@@ -321,6 +321,7 @@ async def _manager(cls, server, eio_sids):
     {"room": None},  # everyone in the namespace
     {"room": "room", "data": ("a", 2)},  # a tuple: several arguments
     {"room": "room", "data": None},
+    {"room": "room", "data": {"chunk": b"\x00\xff", "n": [1, b"x"]}},  # a binary event
     {"room": "nobody"},
     {"room": ["room", "other"]},
 ])
@@ -337,7 +338,7 @@ async def test_fast_emit_sends_what_the_library_sends(kwargs, live):
         await m.emit("joined", data, "/", skip_sid=[sids["e1"], sids["e3"]], **kwargs)
         await m.emit("single", data, "/", to=sids["e4"])
         await asyncio.sleep(0)
-        results.append(sorted(server.sent))
+        results.append(sorted(server.sent, key=lambda s: s[0]))  # per recipient, in order
     assert results[0] == results[1]
 
 
@@ -821,3 +822,12 @@ async def test_the_server_declines_permessage_deflate(live_server):
         assert ws.compress == 0
         assert (await ws.receive_str(timeout=5)).startswith("0{")
         await ws.close()
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text() | st.binary(),
+                    lambda kids: st.lists(kids, max_size=4)
+                    | st.dictionaries(st.text(max_size=4), kids, max_size=4), max_leaves=12))
+def test_has_binary_matches_the_library(value):
+    from incognito_onion.fastpath import has_binary
+
+    assert has_binary(value) == socketio.packet.Packet.data_is_binary(value)
