@@ -335,6 +335,8 @@ def server_env(args: argparse.Namespace, rooms: int) -> dict[str, str]:
     env = {
         "INCOGNITO_SERVER_WORKERS": "1",  # one process, whatever a config file says
         "INCOGNITO_LIMITS_MAX_CONNECTIONS": str(max(10000, args.clients + 100)),
+        # every client connects within a second or two
+        "INCOGNITO_LIMITS_CONNECTS_PER_SECOND": str(max(100.0, float(args.clients))),
         "INCOGNITO_ROOMS_MAX_ROOMS": str(max(1000, rooms + 10)),
         "INCOGNITO_ROOMS_CAPACITY": str(min(50, max(6, args.rooms_of))),
         "INCOGNITO_LIMITS_EVENTS_PER_SECOND": str(max(50.0, 4 * args.rate)),

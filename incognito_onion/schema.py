@@ -85,6 +85,10 @@ SETTINGS: tuple[Setting, ...] = (
        "be guessed)", min=1, max=100_000),
     _s("limits.max_connections", "int", 10000, "most browser connections at once", min=1,
        max=1_000_000),
+    _s("limits.connects_per_second", "float", 100.0,
+       "new connections accepted per second (bursts of ten seconds' worth); over it a browser "
+       "is asked to retry, so connections cannot be churned for fresh join budgets", min=1,
+       max=100_000),
     # media
     _s("media.upload_kbps", "int", 2500,
        "total video+audio upload budget per person, split across their links, in kbit/s",

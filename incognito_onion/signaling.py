@@ -222,6 +222,11 @@ class Signaling:
         self.max_chunk: int = cfg.media.relay_max_chunk_bytes
         self.relays: dict[str, RoomRelay] = {}  # room id -> media relay state (onion relay)
         self.conns: dict[str, _Conn] = {}
+        # new sessions per second, server-wide (per process): a connection brings a fresh
+        # failed-join budget, so without this a guesser could churn connections for budgets
+        rate = cfg.limits.connects_per_second
+        self.new_sessions = TokenBucket(rate, max(1, int(10 * rate)))
+        self._busy_note = Throttle(60.0)
         self.sio = GuardedServer(
             async_mode="aiohttp",
             # several workers: events cross processes through Redis; websocket only, since the
@@ -289,6 +294,14 @@ class Signaling:
             await self.announce_departures(await self.rooms.disconnect(sid))
         except Exception:  # never let bookkeeping kill the server
             log.exception("error while handling a disconnect")
+
+    def admit_session(self) -> bool:
+        """Whether a new engine.io session may open now (``limits.connects_per_second``)."""
+        if self.new_sessions.allow():
+            return True
+        if self._busy_note.ready():
+            log.warning("new connections over limits.connects_per_second: asked to retry")
+        return False
 
     def _allow_error_reply(self, sid: str) -> bool:
         """Malformed packets count against the rate limit like events do."""

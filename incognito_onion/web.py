@@ -83,6 +83,23 @@ async def _plain_errors(request: web.Request, handler):
         raise
 
 
+def _session_rate(signaling: Signaling):
+    """A request opening a new socket.io session (engine.io's handshake: no ``sid`` yet) over
+    ``limits.connects_per_second`` gets 503 with Retry-After, before any session state exists;
+    socket.io clients take that as a failed attempt and retry with their back-off."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        if request.path.startswith("/socket.io/") and "sid" not in request.query \
+                and not signaling.admit_session():
+            raise web.HTTPServiceUnavailable(
+                text="server busy: too many new connections, retry in a moment\n",
+                headers={"Retry-After": "1"})
+        return await handler(request)
+
+    return middleware
+
+
 def _sweeper(signaling: Signaling, every: float | None = None):
     """Free rooms whose grace period ran out, so memory follows the rooms in use; with several
     workers, also keep this worker's liveness in Redis and remove the peers of workers that
@@ -121,7 +138,8 @@ def _sweeper(signaling: Signaling, every: float | None = None):
 
 def create_app(signaling: Signaling, static_dir: Path = STATIC_DIR) -> web.Application:
     """Build the application; socket.io is mounted at /socket.io/."""
-    app = web.Application(middlewares=[_plain_errors], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[_plain_errors, _session_rate(signaling)],
+                          client_max_size=64 * 1024)
     app.on_response_prepare.append(_headers)
     app.cleanup_ctx.append(_sweeper(signaling))
     signaling.sio.attach(app)

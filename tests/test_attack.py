@@ -116,20 +116,65 @@ async def test_guessing_room_ids_is_refused_after_the_budget(live_server: LiveSe
         assert ack["error"]["code"] == "room_not_found"
         # the guesser still talks to the server otherwise (create is not a join)
         assert (await guesser.create())["ok"] is True
-        # what that means: 10 guesses a minute per connection, 2^128 ids
-        per_year = 10 * 60 * 24 * 365 * srv_max_connections()
+        # what that means: 10 guesses a minute per connection, and new connections (each
+        # with a fresh budget of 10) at limits.connects_per_second: 2^128 ids
+        per_second = (default("limits.connects_per_second") * 10
+                      + default("limits.max_connections") * 10 / 60)
+        per_year = per_second * 3600 * 24 * 365
         print(f"200 guesses in {took:.2f} s: 10 room_not_found, 190 rate_limited; at most "
-              f"{per_year:.2e} guesses a year with every connection the server allows, "
-              f"2^128 = {2**128:.2e} ids")
+              f"{per_year:.2e} guesses a year at the default limits (connections opened as "
+              f"fast as allowed, every connection the server holds), 2^128 = {2**128:.2e} "
+              f"ids: {2**128 / per_year:.1e} years to try them all")
+        assert 2**128 / per_year > 1e20
     finally:
         await guesser.disconnect()
         await honest.disconnect()
 
 
-def srv_max_connections() -> int:
+def default(key: str) -> float:
     from incognito_onion.schema import BY_PATH
 
-    return BY_PATH["limits.max_connections"].default
+    return BY_PATH[key].default
+
+
+@pytest.mark.server_env({"INCOGNITO_LIMITS_CONNECTS_PER_SECOND": "2"})
+async def test_churning_connections_is_asked_to_retry(live_server: LiveServer):
+    """New sessions beyond limits.connects_per_second (bursts of 10 s worth) get 503 with
+    Retry-After at the engine.io handshake, before any session exists, so a guesser cannot
+    churn connections for fresh failed-join budgets; requests of open sessions pass, and a
+    socket.io client that retries gets in once the rate allows."""
+    srv = live_server
+    handshake = f"{srv.base}/socket.io/?EIO=4&transport=polling"
+    async with aiohttp.ClientSession() as http:
+        statuses = []
+        first_sid = None
+        for _ in range(25):
+            async with http.get(handshake) as r:
+                statuses.append(r.status)
+                if r.status == 200 and first_sid is None:
+                    first_sid = json.loads((await r.text())[1:])["sid"]
+                elif r.status == 503:
+                    assert r.headers.get("Retry-After") == "1"
+                    assert "retry" in await r.text()
+        assert statuses[:20] == [200] * 20, statuses  # the burst: ten seconds' worth
+        assert 503 in statuses[20:], statuses
+        # an open session's own requests are not new sessions
+        async with http.post(f"{handshake}&sid={first_sid}", data="40") as r:
+            assert r.status == 200, r.status
+        for _ in range(20):  # empty again: the client's first attempt is refused
+            async with http.get(handshake) as r:
+                if r.status == 503:
+                    break
+    c = socketio.AsyncClient(reconnection=True, reconnection_delay=0.3,
+                             reconnection_delay_max=1)
+    t0 = time.monotonic()
+    try:
+        await asyncio.wait_for(c.connect(srv.base, transports=["websocket"], retry=True), 15)
+        assert c.connected
+        print(f"a refused client got in after {time.monotonic() - t0:.2f} s")
+    finally:
+        await c.disconnect()
+    assert "asked to retry" in srv.output()
 
 
 # --------------------------------------------------------------------------------------------
