@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import exitcodes
+from .child_process import pdeathsig_prefix
 
 log = logging.getLogger("incognito_onion.redis")
 
@@ -106,7 +107,7 @@ class RedisSupervisor:
         binary = find_binary(self.binary_name)
         d = self._place()
         self.socket_path = d / SOCKET_NAME
-        self._argv = _pdeathsig() + argv(binary, self.socket_path, d)
+        self._argv = pdeathsig_prefix() + argv(binary, self.socket_path, d)
         await self._spawn()
         self._watcher = asyncio.create_task(self._watch())
 
@@ -220,7 +221,3 @@ async def _ping(path: Any) -> bool:
             await writer.wait_closed()
 
 
-def _pdeathsig() -> list[str]:
-    """``setpriv --pdeathsig TERM --``: redis dies with us even if we are SIGKILLed."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []

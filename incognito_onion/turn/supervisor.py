@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..child_process import pdeathsig_prefix
 from ..state import StateDirError, ensure_state_dir, read_private, write_private
 from . import credentials
 from .client import TurnClientError, probe
@@ -316,7 +317,7 @@ class CoturnSupervisor:
             write_private(self.conf_path, text)
         except OSError as exc:
             raise TurnConfigError(f"cannot write {self.conf_path}: {exc.strerror or exc}") from None
-        self._argv = [*self.command_prefix, *_pdeathsig(), binary, "-c", str(self.conf_path)]
+        self._argv = [*self.command_prefix, *pdeathsig_prefix(), binary, "-c", str(self.conf_path)]
         try:
             await self._spawn_and_wait()
         except BaseException:
@@ -610,11 +611,6 @@ def _tls_client() -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
-
-def _pdeathsig() -> list[str]:
-    """``setpriv --pdeathsig TERM --``, so coturn dies with us even if we are SIGKILLed."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 def _how(rc: int | None) -> str:
