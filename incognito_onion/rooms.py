@@ -126,10 +126,14 @@ class Registry:
         return target(room, peer_id)
 
     # -- changes -------------------------------------------------------------------------------
-    def open_pinned(self) -> Room:
-        """Open the room ``up`` prints: it stays while the server runs, even when empty."""
+    def open_pinned(self, room_id: str | None = None) -> Room:
+        """Open the room ``up`` prints: it stays while the server runs, even when empty.
+        ``room_id`` opens it under the id it had in an earlier run (``rooms.keep_link``), so
+        the link printed then works again; an open room of that id is returned as it is."""
         self.sweep()
-        room = Room(id=self._fresh_id(), capacity=self.capacity, pinned=True)
+        if room_id is not None and room_id in self.rooms:
+            return self.rooms[room_id]
+        room = Room(id=room_id or self._fresh_id(), capacity=self.capacity, pinned=True)
         self.rooms[room.id] = room
         return room
 

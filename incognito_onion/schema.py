@@ -72,6 +72,11 @@ SETTINGS: tuple[Setting, ...] = (
     _s("rooms.empty_grace_seconds", "float", 20.0,
        "seconds an empty room lingers so a dropped person can come back (0 = dies at once)",
        min=0, max=3600),
+    _s("rooms.keep_link", "bool", False,
+       "keep the room link `up` prints (its room id and key) in the state dir, so it works "
+       "again after a restart (same URL with tor.persistent_key); the room key then sits on "
+       "disk: whoever takes the state dir can read that room's traffic if they also recorded "
+       "it (false = new link each run, a saved one is deleted)"),
     # limits
     _s("limits.max_payload_bytes", "int", 65536,
        "largest encrypted payload (chat, SDP, ICE) in one event, in bytes", min=256,

@@ -86,8 +86,8 @@ class LocalRooms:
     async def start(self) -> None:
         return None
 
-    async def open_pinned(self) -> Room:
-        return self.registry.open_pinned()
+    async def open_pinned(self, room_id: str | None = None) -> Room:
+        return self.registry.open_pinned(room_id)
 
     async def create(self, sid: str, meta: str = "", room_id: str | None = None) -> Joined:
         return self.registry.create(sid, meta, room_id)
@@ -279,7 +279,7 @@ class SharedRooms:
     # -- changes -----------------------------------------------------------------------------------
     async def open_pinned(self, room_id: str | None = None) -> Room:
         """The room ``up`` prints (lives while the server runs, even empty); ``room_id`` opens
-        it again under the same id (after redis restarted)."""
+        it again under the same id (after redis restarted, or ``rooms.keep_link``)."""
         room = Room(id=room_id or ids.new_room_id(), capacity=self.capacity, pinned=True)
 
         async def body(pipe: Any):

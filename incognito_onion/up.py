@@ -14,15 +14,16 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from aiohttp import web
 
-from . import exitcodes, ids, room_tickets, runtime
+from . import exitcodes, ids, room_link, room_tickets, runtime
 from .config import Config
+from .room_link import RoomLink
 from .room_tickets import RoomTickets
 from .signaling import IceProvider, no_turn_ice
 from .web import create_app
@@ -156,6 +157,7 @@ async def serve(cfg: Config, state_dir: Path, opts: UpOptions | None = None,
 
 async def _serve(cfg: Config, state_dir: Path, opts: UpOptions, stop: asyncio.Event,
                  ready: Callable[[str], Awaitable[None] | None] | None) -> int:
+    saved = _saved_link(cfg, state_dir)  # before anything starts: a bad file stops us here
     async with contextlib.AsyncExitStack() as stack:
         workers = int(cfg.server.workers)
         redis = await _start_redis(cfg, state_dir, stack) if workers > 1 else None
@@ -172,7 +174,10 @@ async def _serve(cfg: Config, state_dir: Path, opts: UpOptions, stop: asyncio.Ev
         runner = await _start_web(app, cfg.server.host, cfg.server.port, reuse_port=workers > 1)
         stack.push_async_callback(runner.cleanup)
         port = _bound_port(runner) or cfg.server.port
-        room = await signaling.rooms.open_pinned()
+        room = await signaling.rooms.open_pinned(saved.room_id if saved else None)
+        key = saved.key if saved else ids.new_room_key()
+        if cfg.rooms.keep_link and saved is None:
+            _keep_link(state_dir, RoomLink(room.id, key))
         if redis is not None:
             async def reopen() -> None:  # redis lost everything: the printed link works again
                 await signaling.rooms.open_pinned(room.id)
@@ -188,7 +193,6 @@ async def _serve(cfg: Config, state_dir: Path, opts: UpOptions, stop: asyncio.Ev
                 raise UpError(str(exc), exc.code) from None
             _say(f"{workers} server processes share port {port}; rooms are kept in a private "
                  f"redis-server (websocket only, no onion media relay)")
-        key = ids.new_room_key()
         tor = None
         if cfg.tor.enabled:
             base, tor = await _start_tor(cfg, state_dir, port, turn_port, stack)
@@ -263,14 +267,49 @@ class _ProgressBar:
             print(line, file=self.out, flush=True)
 
 
-def _load_tickets(state_dir: Path) -> RoomTickets:
-    """The restore-ticket secret from the state dir (made there on first use)."""
+@contextlib.contextmanager
+def _state_errors() -> Iterator[None]:
+    """A state file that cannot be used: its one-line message, exit code STATE."""
     from .state import StateDirError
 
     try:
-        return room_tickets.load(state_dir)
+        yield
     except (StateDirError, OSError) as exc:
         raise UpError(str(exc), exitcodes.STATE) from None
+
+
+def _load_tickets(state_dir: Path) -> RoomTickets:
+    """The restore-ticket secret from the state dir (made there on first use)."""
+    with _state_errors():
+        return room_tickets.load(state_dir)
+
+
+def _saved_link(cfg: Config, state_dir: Path) -> RoomLink | None:
+    """The link of an earlier run to print again (``rooms.keep_link``), or None for a new one.
+    With the setting off a saved link is deleted: its room key must not stay on disk."""
+    with _state_errors():
+        if not cfg.rooms.keep_link:
+            gone = room_link.forget(state_dir)
+            if gone is not None:
+                _say(f"rooms.keep_link is off: deleted the saved room link {gone} "
+                     f"(a new link is printed)")
+            return None
+        saved = room_link.load(state_dir)
+    if saved is not None:
+        _say(f"rooms.keep_link: the room link saved in {room_link.path_in(state_dir)} is "
+             f"printed again")
+    if cfg.tor.enabled and not cfg.tor.persistent_key:
+        _say("rooms.keep_link is on but tor.persistent_key is off: the room and its key stay, "
+             "the onion address changes each run")
+    return saved
+
+
+def _keep_link(state_dir: Path, link: RoomLink) -> None:
+    """Save a new link for the next runs (``rooms.keep_link``)."""
+    with _state_errors():
+        path = room_link.save(state_dir, link)
+    _say(f"rooms.keep_link: the room link is saved in {path} (its key is on this disk; "
+         f"delete the file to get a new link)")
 
 
 async def _start_tor(cfg: Config, state_dir: Path, web_port: int, turn_port: int | None,
