@@ -162,7 +162,7 @@ def check_state_dir(path: Path) -> list[Check]:
 
 
 #: files up reads through state.read_private, which refuses them when others can read them
-READ_PRIVATE = ("turn-secret", "onion_key", "room-tickets.key")
+READ_PRIVATE = ("turn-secret", "onion_key", "room-tickets.key", "room-link")
 #: other secrets: coturn reads the key itself
 OTHER_SECRETS = ("turn-tls.key",)
 

@@ -84,9 +84,13 @@ class GuardedServer(socketio.AsyncServer):
     the library's own handlers to the catch-all handler like any other unknown name, and closes
     a connection that sends an event on a namespace it is not in."""
 
+    #: events on ``/`` through :meth:`_plain_event` (``INCOGNITO_RUNTIME_OFF=fastevent``: off)
+    plain_events = True
+
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         plain = None
-        if type(data) is str and data[:1] == "2" and eio_sid not in self._binary_packet:
+        if type(data) is str and data[:1] == "2" and self.plain_events \
+                and eio_sid not in self._binary_packet:
             plain = _PLAIN_EVENT.match(data)
         elif isinstance(data, str) and data[:1] in ("5", "6"):
             m = _BINARY_HEADER.match(data)
@@ -251,6 +255,7 @@ class Signaling:
             engineio_logger=logging.getLogger("incognito_onion.engineio"),
         )
         self.sio.eio._async = {**self.sio.eio._async, "websocket": QuickCloseWebSocket}
+        self.sio.plain_events = runtime.enabled("fastevent")
         # frames of one connection beyond this are read at low priority (fastpath): twice its
         # event budget in frames (a media event is two frames: header and binary attachment),
         # doubled again so that a sender at its full event rate is never slowed; a flood runs

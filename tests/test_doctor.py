@@ -170,14 +170,15 @@ def test_state_dir_that_is_a_file(cfg_file, tmp_path):
 def test_state_files_others_can_read(cfg_file, tmp_path):
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    secret = state / "turn-secret"
-    secret.write_text("s3cret\n")
-    secret.chmod(0o644)
-    p = run("--config", str(cfg_file()))
-    assert p.returncode == exitcodes.STATE
-    line = find(p, "fail", "state dir")
-    assert f"fix: chmod 600 {secret}" in line
-    secret.chmod(0o600)
+    for name in ("turn-secret", "room-link", "room-tickets.key"):
+        secret = state / name
+        secret.write_text("s3cret\n")
+        secret.chmod(0o644)
+        p = run("--config", str(cfg_file()))
+        assert p.returncode == exitcodes.STATE, name
+        line = find(p, "fail", "state dir")
+        assert f"fix: chmod 600 {secret}" in line
+        secret.chmod(0o600)
     assert run("--config", str(cfg_file())).returncode == 0
     # coturn's own files (pid, user db) carry no secret: no false alarm about them
     (state / "turnserver.pid").write_text("1\n")

@@ -831,3 +831,31 @@ def test_has_binary_matches_the_library(value):
     from incognito_onion.fastpath import has_binary
 
     assert has_binary(value) == socketio.packet.Packet.data_is_binary(value)
+
+
+@pytest.mark.parametrize("off", ["", "fastevent", "fastws,fastemit,fastevent"])
+async def test_relay_is_the_same_with_each_fast_path_off(server_factory, off):
+    """The real server relays, acks and refuses alike whichever fast paths
+    ``INCOGNITO_RUNTIME_OFF`` turns off (the library's paths are the reference)."""
+    from tests.support.server import Peer
+
+    srv = server_factory(env={OFF: off} if off else None)
+    a, b = Peer(srv.base, "a"), Peer(srv.base, "b")
+    await a.connect()
+    await b.connect()
+    try:
+        room = (await a.call("create", {}))["room"]
+        assert (await b.call("join", {"room": room}))["ok"] is True
+        for i in range(5):
+            assert await a.call("message", {"room": room, "data": f"m{i}"}) == {"ok": True}
+        ack = await a.call("message", {"room": "x" * 22, "data": "?"})
+        assert ack["ok"] is False and ack["error"]["code"] == "not_in_room", ack
+        ack = await a.call("nonsense", {})
+        assert ack["ok"] is False and ack["error"]["code"] == "unknown_event", ack
+        got = [(await b.next("message"))["data"] for _ in range(5)]
+        assert got == [f"m{i}" for i in range(5)]
+        assert not a.seen("message")  # never back to the sender
+    finally:
+        await a.disconnect()
+        await b.disconnect()
+        srv.stop()
