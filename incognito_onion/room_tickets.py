@@ -10,6 +10,14 @@ one of the connection's failed joins), so room ids stay impossible to probe or p
 
 A ticket proves only "someone in this room was told this id by this server": the holder already
 had the room id, and the key that makes the room's messages readable never reaches the server.
+
+Host tickets: whoever comes back first to a room that came back is its host, which need not be
+the host of before (who may have locked the room, and alone may remove people). So the host also
+holds a host ticket, ``<epoch>.<HMAC of room id and epoch>``, where the epoch counts the host
+hand-overs of the room (``rooms.Room.host_epoch``): each new host is told a ticket of a higher
+epoch. A join showing a host ticket of a higher epoch than the room's makes the joiner host; a
+room that came back knows no epoch, so the first ticket shown wins, and the latest host of
+before, coming back, takes over from any earlier one.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import hmac
 import secrets
 from pathlib import Path
 
+from .ids import HOST_TICKET_RE
 from .state import StateDirError, read_private, write_private
 
 SECRET_NAME = "room-tickets.key"  # noqa: S105 (a file name)
@@ -41,6 +50,18 @@ class RoomTickets:
 
     def valid(self, room_id: str, ticket: object) -> bool:
         return isinstance(ticket, str) and hmac.compare_digest(self.issue(room_id), ticket)
+
+    def issue_host(self, room_id: str, epoch: int) -> str:
+        mac = hmac.new(self.secret, f"host:{epoch}:{room_id}".encode(), hashlib.sha256)
+        tag = base64.urlsafe_b64encode(mac.digest()[:TICKET_BYTES]).rstrip(b"=").decode()
+        return f"{epoch}.{tag}"
+
+    def host_epoch(self, room_id: str, ticket: object) -> int | None:
+        """The epoch of a valid host ticket of ``room_id``, else None."""
+        if not isinstance(ticket, str) or not HOST_TICKET_RE.match(ticket):
+            return None
+        epoch = int(ticket.partition(".")[0])
+        return epoch if hmac.compare_digest(self.issue_host(room_id, epoch), ticket) else None
 
     def hex(self) -> str:
         """The secret, for a worker process of the same server (sent on its stdin)."""

@@ -53,6 +53,9 @@ class Room:
     # opened again from a restore ticket after a server restart: until then (server clock) a
     # join with a valid ticket passes the lock, so the host can lock it again at once
     restored_until: float | None = None
+    # host hand-overs so far (room_tickets.py, host tickets); None in a room opened again from a
+    # restore ticket: the server forgot it, so any valid host ticket shown wins
+    host_epoch: int | None = 0
 
     def others(self, peer_id: str) -> list[Peer]:
         return [p for p in self.peers.values() if p.id != peer_id]
@@ -75,6 +78,7 @@ class Joined:
     peer: Peer
     resumed: bool
     replaced_sid: str | None  # the stale connection a resume took the peer from
+    host_changed: bool = False  # a host ticket made the joiner host (the others must hear it)
 
 
 class Registry:
@@ -137,10 +141,13 @@ class Registry:
         self.rooms[room.id] = room
         return room
 
-    def create(self, sid: str, meta: str = "", room_id: str | None = None) -> Joined:
+    def create(self, sid: str, meta: str = "", room_id: str | None = None,
+               host_claim: int | None = None) -> Joined:
         """A new room with ``sid`` as host; ``room_id`` opens a room again under the id it had
         before the server restarted (the caller checked the restore ticket), and raises
-        ``room_exists`` when that room is open (someone restored it first: join it)."""
+        ``room_exists`` when that room is open (someone restored it first: join it);
+        ``host_claim``: the epoch of a valid host ticket the joiner showed (see
+        :func:`claim_host`)."""
         self._check_per_connection(sid)
         if room_id is not None and room_id in self.rooms and not self._expired(
                 self.rooms[room_id]):
@@ -152,18 +159,21 @@ class Registry:
         room = Room(id=room_id or self._fresh_id(), capacity=self.capacity)
         if room_id is not None:
             room.restored_until = self.clock() + RESTORE_WINDOW
+            room.host_epoch = None
         self.rooms[room.id] = room
         peer = self._add(room, sid, meta)
+        claim_host(room, peer, host_claim)
         return Joined(room, peer, resumed=False, replaced_sid=None)
 
     def join(self, room_id: str, sid: str, meta: str = "", resume: str | None = None,
-             ticket: bool = False) -> Joined:
-        """``ticket``: the joiner showed a valid restore ticket (see :func:`admit`)."""
+             ticket: bool = False, host_claim: int | None = None) -> Joined:
+        """``ticket``: the joiner showed a valid restore ticket (see :func:`admit`);
+        ``host_claim``: the epoch of a valid host ticket it showed (:func:`claim_host`)."""
         room = self.get(room_id)
         if room_id in self._by_sid.get(sid, {}):
             raise RoomError("already_in_room", "you are already in this room")
         joined = admit(room, sid, meta, resume, lambda: self._check_per_connection(sid),
-                       ticket=ticket, now=self.clock())
+                       ticket=ticket, now=self.clock(), host_claim=host_claim)
         if joined.replaced_sid is not None:
             self._unlink(joined.replaced_sid, room.id)
         self._by_sid.setdefault(sid, {})[room.id] = joined.peer.id
@@ -253,12 +263,36 @@ def add_peer(room: Room, sid: str, meta: str, node: str = "") -> Peer:
     room.empty_since = None
     if room.host is None:
         room.host = peer.id
+        if room.host_epoch is not None:
+            room.host_epoch += 1
     return peer
+
+
+def claim_host(room: Room, peer: Peer, epoch: int | None) -> bool:
+    """``peer`` showed a valid host ticket of ``epoch``: it becomes host when that is later than
+    the room's own (any epoch, in a room opened again from a restore ticket, which forgot its
+    own). Returns whether the host changed."""
+    if epoch is None or (room.host_epoch is not None and epoch <= room.host_epoch):
+        return False
+    room.host_epoch = epoch
+    if room.host == peer.id:
+        return False
+    room.host = peer.id
+    return True
 
 
 def admit(room: Room, sid: str, meta: str, resume: str | None,
           check_slots: Callable[[], None], node: str = "", ticket: bool = False,
-          now: float = 0.0) -> Joined:
+          now: float = 0.0, host_claim: int | None = None) -> Joined:
+    """:func:`_admit`, then :func:`claim_host` with ``host_claim`` (a valid host ticket's
+    epoch, or None)."""
+    joined = _admit(room, sid, meta, resume, check_slots, node, ticket, now)
+    joined.host_changed = claim_host(room, joined.peer, host_claim)
+    return joined
+
+
+def _admit(room: Room, sid: str, meta: str, resume: str | None,
+           check_slots: Callable[[], None], node: str, ticket: bool, now: float) -> Joined:
     """Lets connection ``sid`` into ``room``: takes over the peer whose ``resume`` token it
     holds (even in a locked room), else refuses a locked or full room, else adds a new peer.
     A locked room opened again from a restore ticket less than RESTORE_WINDOW ago lets in a
@@ -295,6 +329,8 @@ def depart(room: Room, peer: Peer, reason: str, now: float, empty_grace: float) 
     if room.host == peer.id:
         room.host = next(iter(room.peers), None)
         new_host = room.host
+        if new_host is not None and room.host_epoch is not None:
+            room.host_epoch += 1
     closed = False
     if not room.peers:
         room.empty_since = now

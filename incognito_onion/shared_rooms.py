@@ -58,6 +58,7 @@ from .rooms import (
     RoomError,
     add_peer,
     admit,
+    claim_host,
     depart,
     expired,
     find_sid,
@@ -89,12 +90,13 @@ class LocalRooms:
     async def open_pinned(self, room_id: str | None = None) -> Room:
         return self.registry.open_pinned(room_id)
 
-    async def create(self, sid: str, meta: str = "", room_id: str | None = None) -> Joined:
-        return self.registry.create(sid, meta, room_id)
+    async def create(self, sid: str, meta: str = "", room_id: str | None = None,
+                     host_claim: int | None = None) -> Joined:
+        return self.registry.create(sid, meta, room_id, host_claim)
 
-    async def join(self, room_id: str, sid: str, meta: str = "",
-                   resume: str | None = None, ticket: bool = False) -> Joined:
-        return self.registry.join(room_id, sid, meta, resume, ticket)
+    async def join(self, room_id: str, sid: str, meta: str = "", resume: str | None = None,
+                   ticket: bool = False, host_claim: int | None = None) -> Joined:
+        return self.registry.join(room_id, sid, meta, resume, ticket, host_claim)
 
     async def member(self, room_id: str, sid: str) -> tuple[Room, Peer]:
         return self.registry.member(room_id, sid)
@@ -131,7 +133,7 @@ def encode_room(room: Room) -> str:
     return json.dumps({
         "id": room.id, "capacity": room.capacity, "pinned": room.pinned,
         "locked": room.locked, "host": room.host, "empty_since": room.empty_since,
-        "restored_until": room.restored_until,
+        "restored_until": room.restored_until, "host_epoch": room.host_epoch,
         "peers": [[p.id, p.sid, p.resume, p.node] for p in room.peers.values()],
     }, separators=(",", ":"))
 
@@ -141,7 +143,7 @@ def decode_room(raw: str | bytes, metas: dict[str, str] | None = None) -> Room:
     metas = metas or {}
     room = Room(id=d["id"], capacity=int(d["capacity"]), pinned=bool(d["pinned"]),
                 locked=bool(d["locked"]), host=d["host"], empty_since=d["empty_since"],
-                restored_until=d.get("restored_until"))
+                restored_until=d.get("restored_until"), host_epoch=d.get("host_epoch", 0))
     for pid, sid, resume, node in d["peers"]:
         room.peers[pid] = Peer(id=pid, sid=sid, meta=metas.get(pid, ""), resume=resume,
                                node=node)
@@ -294,19 +296,22 @@ class SharedRooms:
 
         return await self._txn([k_room(room.id)], body)
 
-    async def create(self, sid: str, meta: str = "", room_id: str | None = None) -> Joined:
+    async def create(self, sid: str, meta: str = "", room_id: str | None = None,
+                     host_claim: int | None = None) -> Joined:
         """A new room with ``sid`` as host; ``room_id``: opened again under its old id (see
-        ``Registry.create``), ``room_exists`` when it is open."""
+        ``Registry.create``), ``room_exists`` when it is open; ``host_claim``: see
+        ``rooms.claim_host``."""
         for attempt in range(2):
             try:
-                return await self._create(sid, meta, room_id)
+                return await self._create(sid, meta, room_id, host_claim)
             except RoomError as exc:
                 if exc.code != "server_full" or attempt:
                     raise
                 await self.sweep()
         raise AssertionError("unreachable")
 
-    async def _create(self, sid: str, meta: str, room_id: str | None = None) -> Joined:
+    async def _create(self, sid: str, meta: str, room_id: str | None = None,
+                      host_claim: int | None = None) -> Joined:
         room = Room(id=room_id or ids.new_room_id(), capacity=self.capacity)
 
         async def body(pipe: Any):
@@ -325,9 +330,12 @@ class SharedRooms:
                     raise _Retry
             room.peers.clear()
             room.host = None
+            room.host_epoch = 0
             if room_id is not None:
                 room.restored_until = self.clock() + RESTORE_WINDOW
+                room.host_epoch = None
             peer = add_peer(room, sid, meta, self.node)
+            claim_host(room, peer, host_claim)
 
             def writes(p: Any) -> None:
                 if room_id is not None:  # an expired room of that id leaves no profiles
@@ -344,8 +352,8 @@ class SharedRooms:
             except _Retry:
                 continue
 
-    async def join(self, room_id: str, sid: str, meta: str = "",
-                   resume: str | None = None, ticket: bool = False) -> Joined:
+    async def join(self, room_id: str, sid: str, meta: str = "", resume: str | None = None,
+                   ticket: bool = False, host_claim: int | None = None) -> Joined:
         async def body(pipe: Any):
             room = await self._load(pipe, room_id)
             if room is None or expired(room, self.clock(), self.empty_grace):
@@ -360,7 +368,7 @@ class SharedRooms:
                                                       f"{self.per_connection} rooms")
 
             joined = admit(room, sid, meta, resume, check_slots, self.node, ticket=ticket,
-                           now=self.clock())
+                           now=self.clock(), host_claim=host_claim)
 
             def writes(p: Any) -> None:
                 p.set(k_room(room.id), encode_room(room))

@@ -353,6 +353,7 @@ class Signaling:
             "host": room.host,
             "resume": resume,
             "restore": self.tickets.issue(room.id),
+            **self._host_ticket(room, peer_id),
             "locked": room.locked,
             "capacity": room.capacity,
             "peers": [{"peer": p.id, "meta": p.meta} for p in room.others(peer_id)],
@@ -361,6 +362,12 @@ class Signaling:
             "mediaRelay": self._relay_receivers(room.id),
             "mediaRelayFrom": self._receivers_note(room.id)["from"],
         }
+
+    def _host_ticket(self, room: Room, peer_id: str) -> dict[str, str]:
+        """``{"hostRestore": ticket}`` for the host of ``room`` (room_tickets.py), else {}."""
+        if room.host != peer_id or not room.host_epoch:
+            return {}
+        return {"hostRestore": self.tickets.issue_host(room.id, room.host_epoch)}
 
     async def _create(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
         joined = await self.rooms.create(sid, f.get("meta", ""))
@@ -374,13 +381,17 @@ class Signaling:
             raise RoomError("rate_limited", "too many joins of rooms that do not exist; wait")
         # a valid restore ticket also passes the lock of a room just opened again from one
         ticket = "restore" in f and self.tickets.valid(f["room"], f["restore"])
+        # a valid host ticket of a later host hand-over than the room knows makes the joiner
+        # host (the host of before a restart, back after someone else)
+        claim = (self.tickets.host_epoch(f["room"], f["hostRestore"])
+                 if "hostRestore" in f else None)
         try:
             joined = await self.rooms.join(f["room"], sid, f.get("meta", ""), f.get("resume"),
-                                           ticket)
+                                           ticket, claim)
         except RoomError as exc:
             if exc.code != "room_not_found":
                 raise
-            joined = await self._restore(sid, conn, f, ticket)
+            joined = await self._restore(sid, conn, f, ticket, claim)
         room, peer = joined.room, joined.peer
         if joined.replaced_sid is not None:
             await self.sio.leave_room(joined.replaced_sid, room.id)
@@ -392,10 +403,14 @@ class Signaling:
         await self.sio.emit("joined", {"room": room.id, "peer": peer.id, "meta": peer.meta,
                                        "resumed": joined.resumed},
                             room=room.id, skip_sid=sid)
+        if joined.host_changed:
+            await self.sio.emit("host", {"room": room.id, "peer": peer.id}, room=room.id,
+                                skip_sid=sid)
         log.debug("peer joined a room (%d peers in it)", len(room.peers))
         return self._welcome(sid, room, peer.id, peer.resume)
 
-    async def _restore(self, sid: str, conn: _Conn, f: dict[str, Any], ticket: bool) -> Joined:
+    async def _restore(self, sid: str, conn: _Conn, f: dict[str, Any], ticket: bool,
+                       claim: int | None) -> Joined:
         """A join of a room this server does not know: with a valid restore ticket the room
         opens again under its id (the server restarted under a call), else ``room_not_found``
         at the price of one failed join."""
@@ -403,13 +418,14 @@ class Signaling:
             conn.failed_joins.allow()
             raise RoomError("room_not_found", "no such room (it may have ended)")
         try:
-            joined = await self.rooms.create(sid, f.get("meta", ""), room_id=f["room"])
+            joined = await self.rooms.create(sid, f.get("meta", ""), room_id=f["room"],
+                                             host_claim=claim)
         except RoomError as exc:
             if exc.code != "room_exists":
                 raise
             # someone else brought it back first: an ordinary join (never a resume: this
             # server issued no resume token for it before its restart)
-            return await self.rooms.join(f["room"], sid, f.get("meta", ""), None, True)
+            return await self.rooms.join(f["room"], sid, f.get("meta", ""), None, True, claim)
         log.info("a room came back after a server restart (%d open)", await self.rooms.count())
         return joined
 
@@ -475,6 +491,10 @@ class Signaling:
                             room=rid)
         if dep.new_host is not None:
             await self.sio.emit("host", {"room": rid, "peer": dep.new_host}, room=rid)
+            heir = dep.room.peers.get(dep.new_host)
+            ticket = self._host_ticket(dep.room, dep.new_host)
+            if heir is not None and ticket:  # only the new host may hold it
+                await self.sio.emit("host-restore", {"room": rid, **ticket}, to=heir.sid)
 
     # -- media relay (docs/protocol.md "Media relay") ------------------------------------------
     def _relay_receivers(self, room_id: str) -> list[str]:

@@ -15,7 +15,7 @@ import pytest
 
 from incognito_onion import room_tickets
 from incognito_onion.room_tickets import RoomTickets
-from incognito_onion.rooms import RESTORE_WINDOW, Registry, RoomError
+from incognito_onion.rooms import RESTORE_WINDOW, Registry, RoomError, claim_host
 from incognito_onion.shared_rooms import SharedRooms
 from incognito_onion.state import StateDirError
 from tests.support.server import Peer, start_server
@@ -101,6 +101,71 @@ async def test_workers_racing_to_reopen_a_room_make_one(redis_url):
     assert (await ws[2].join(ROOM, "back", "m", ticket=True)).room.locked
 
 
+# --- host tickets ------------------------------------------------------------------------------
+
+def test_a_host_ticket_is_bound_to_its_room_epoch_and_secret():
+    t = RoomTickets(b"s" * 32)
+    ticket = t.issue_host(ROOM, 3)
+    assert ticket.startswith("3.") and t.host_epoch(ROOM, ticket) == 3
+    assert t.host_epoch("B" * 22, ticket) is None
+    assert RoomTickets(b"x" * 32).host_epoch(ROOM, ticket) is None
+    forged = "4" + ticket[1:]  # a later epoch, same tag
+    assert t.host_epoch(ROOM, forged) is None
+    for bad in (None, "", 5, t.issue(ROOM), "0." + ticket[2:], ticket + "x", [ticket]):
+        assert t.host_epoch(ROOM, bad) is None
+
+
+def test_host_epochs_count_hand_overs_and_a_later_ticket_takes_the_role():
+    reg = Registry(capacity=6, empty_grace=60)
+    a = reg.create("sa", "a")
+    room = a.room
+    assert room.host == a.peer.id and room.host_epoch == 1
+    b = reg.join(room.id, "sb", "b")
+    reg.join(room.id, "sc", "c")
+    reg.leave(room.id, "sa")  # hand-over to b: epoch 2
+    assert room.host == b.peer.id and room.host_epoch == 2
+    # an old ticket (epoch 1, a's) does not take the role from b
+    d = reg.join(room.id, "sd", "d", host_claim=1)
+    assert room.host == b.peer.id and not d.host_changed
+    # a room opened again knows no epoch: the first ticket shown wins, a later one after it
+    reg2 = Registry(capacity=6)
+    first = reg2.create("s1", "guest", room_id=ROOM)
+    assert first.room.host == first.peer.id and first.room.host_epoch is None
+    old_host = reg2.join(ROOM, "s2", "a", ticket=True, host_claim=1)
+    assert old_host.host_changed and first.room.host == old_host.peer.id
+    assert first.room.host_epoch == 1
+    latest = reg2.join(ROOM, "s3", "b", ticket=True, host_claim=2)
+    assert latest.host_changed and first.room.host == latest.peer.id
+    again = reg2.join(ROOM, "s4", "stale", ticket=True, host_claim=1)
+    assert not again.host_changed and first.room.host == latest.peer.id
+    # the first one back holding the ticket is host from the start, at its epoch
+    reg3 = Registry(capacity=6)
+    back = reg3.create("s1", "a", room_id=ROOM, host_claim=2)
+    assert back.room.host == back.peer.id and back.room.host_epoch == 2
+    # a room emptied and joined again: a new host, a new epoch
+    reg.leave(room.id, "sb")
+    reg.leave(room.id, "sc")
+    reg.leave(room.id, "sd")
+    assert room.host is None
+    e = reg.join(room.id, "se", "e")
+    assert room.host == e.peer.id and room.host_epoch == 5  # b->c, c->d, then e
+    assert not claim_host(room, e.peer, None)
+
+
+async def test_host_claims_in_redis(redis_url):
+    ws = [SharedRooms.from_url(redis_url, node=f"w{i}", capacity=6, max_rooms=5,
+                               per_connection=2, empty_grace=0.0) for i in range(2)]
+    first = await ws[0].create("s1", "guest", room_id=ROOM)
+    assert first.room.host_epoch is None
+    back = await ws[1].join(ROOM, "s2", "host", ticket=True, host_claim=3)
+    assert back.host_changed and back.room.host == back.peer.id and back.room.host_epoch == 3
+    stale = await ws[0].join(ROOM, "s3", "stale", ticket=True, host_claim=2)
+    assert not stale.host_changed and stale.room.host == back.peer.id
+    # the host leaves: the oldest peer left is host, one hand-over later
+    dep = await ws[0].leave(ROOM, "s2")
+    assert dep.new_host == first.peer.id and dep.room.host_epoch == 4
+
+
 # --- a real server, killed and started again ------------------------------------------------------
 
 async def _reconnect(srv, name: str) -> Peer:
@@ -167,6 +232,63 @@ async def test_a_killed_server_comes_back_and_the_room_with_it(tmp_path):
             await p.disconnect()
         other.stop()
         srv.stop()
+
+
+@pytest.mark.faults
+async def test_the_host_back_after_a_guest_takes_the_role_back(tmp_path):
+    """After a restart the first one back is host; the host of before, back later with its host
+    ticket, takes the role back (and can lock the room again); a guest showing the room's
+    restore ticket or a forged host ticket cannot; a host hand-over gives the heir a ticket."""
+    srv = start_server(tmp_path)
+    a, b, c = Peer(srv.base, "a"), Peer(srv.base, "b"), Peer(srv.base, "c")
+    try:
+        for p in (a, b, c):
+            await p.connect()
+        made = await a.create(meta="meta-a")
+        rid, host_ticket = made["room"], made["hostRestore"]
+        ack_b = await b.join(rid, meta="meta-b")
+        ack_c = await c.join(rid, meta="meta-c")
+        assert "hostRestore" not in ack_b and "hostRestore" not in ack_c  # guests hold none
+    finally:
+        for p in (a, b, c):
+            await p.disconnect()
+    srv.kill()
+    srv = srv.relaunch()
+    a2, b2, c2 = [await _reconnect(srv, n) for n in ("a2", "b2", "c2")]
+    try:
+        ack_b2 = await b2.call("join", {"room": rid, "meta": "meta-b",
+                                        "restore": made["restore"]})
+        assert ack_b2["host"] == ack_b2["peer"] and "hostRestore" not in ack_b2, ack_b2
+        # a guest cannot pass the restore ticket, or a forged one, off as a host ticket
+        for forged in (made["restore"], "9." + host_ticket.partition(".")[2]):
+            ack = await c2.call("join", {"room": rid, "meta": "meta-c",
+                                         "restore": made["restore"], "hostRestore": forged})
+            if ack["ok"]:
+                assert ack["host"] == ack_b2["peer"], ack
+                await c2.call("leave", {"room": rid})
+            else:
+                assert ack["error"]["code"] == "bad_request", ack
+        ack_a2 = await a2.call("join", {"room": rid, "meta": "meta-a",
+                                        "restore": made["restore"], "hostRestore": host_ticket})
+        assert ack_a2["ok"] and ack_a2["host"] == ack_a2["peer"], ack_a2
+        assert (await b2.next("host", room=rid))["peer"] == ack_a2["peer"]
+        assert (await a2.call("lock", {"room": rid, "locked": True}))["locked"] is True
+        assert (await b2.call("lock", {"room": rid, "locked": False}))["error"]["code"] == \
+            "not_host"
+        # the host leaves: the heir, and only the heir, is told a host ticket
+        await a2.call("leave", {"room": rid})
+        heir = await b2.next("host-restore", room=rid)
+        assert srv_tickets_epoch(heir["hostRestore"]) > srv_tickets_epoch(host_ticket)
+        assert not c2.seen("host-restore")
+        assert host_ticket not in srv.output() and heir["hostRestore"] not in srv.output()
+    finally:
+        for p in (a2, b2, c2):
+            await p.disconnect()
+        srv.stop()
+
+
+def srv_tickets_epoch(ticket: str) -> int:
+    return int(ticket.partition(".")[0])
 
 
 async def test_wrong_tickets_spend_the_failed_join_budget(tmp_path):

@@ -160,7 +160,10 @@ function makeSignaling() {
   });
   sig.addEventListener('undecryptable', (e) => onUndecryptable(/** @type {CustomEvent} */ (e).detail));
   sig.addEventListener('host', () => renderHost());
-  sig.addEventListener('locked', () => renderHost());
+  sig.addEventListener('locked', () => {
+    if (sig.locked) clearNotice('lock-lost');  // the host came back and locked it again
+    renderHost();
+  });
   sig.addEventListener('lock-lost', (e) => {
     const d = /** @type {CustomEvent} */ (e).detail;
     setNotice('lock-lost', 'warn', d.isHost

@@ -18,8 +18,9 @@
  * - `undecryptable` {from, channel, count, senders}   something failed to decrypt (dropped)
  * - `server-error`  {code, message, event}
  * - `ice`      {iceServers, iceTransportPolicy, iceExpires}   fresh TURN credentials
- * - `lock-lost` {wasHost, isHost}   the room came back after a server restart, unlocked (and
- *                its host before the restart did not lock it again: someone else came back first)
+ * - `lock-lost` {wasHost, isHost}   the room came back after a server restart, unlocked, and
+ *                this page was not its host before (the host, coming back, takes the role
+ *                back with its host ticket and locks the room again: a `locked` event follows)
  * - `relay-receivers` {peers}        who receives media through the onion relay
  * - `media`    {from, stream, seq, key, ts, data}   a decrypted relayed media chunk
  * - `keyframe` {from, stream}        start a new recording of `stream` (a receiver or the server asks)
@@ -95,6 +96,9 @@ export class Signaling extends EventTarget {
     /** @type {string | null} */ this.resume = null;
     /** the room's restore ticket: brings the room back if the server restarted under us */
     /** @type {string | null} */ this.restore = null;
+    /** the host ticket (while or since we were host): takes the host role back after a
+     * server restart, from whoever came back first */
+    /** @type {string | null} */ this.hostRestore = null;
     this.locked = false;
     this.capacity = 0;
     /** @type {Map<string, {profile: any}>} */
@@ -169,6 +173,9 @@ export class Signaling extends EventTarget {
       if (!this._mine(p)) return;
       this.host = p.peer;
       this._fire('host', { peer: p.peer });
+    });
+    s.on('host-restore', (/** @type {any} */ p) => {
+      if (this._mine(p) && typeof p.hostRestore === 'string') this.hostRestore = p.hostRestore;
     });
     s.on('locked', (/** @type {any} */ p) => {
       if (!this._mine(p)) return;
@@ -297,6 +304,7 @@ export class Signaling extends EventTarget {
       const payload = { room, meta };
       if (this.resume) payload.resume = this.resume;
       if (this.restore) payload.restore = this.restore;
+      if (this.hostRestore) payload.hostRestore = this.hostRestore;
       const ack = await this.request('join', payload);
       this.rejoins += 1;
       if (ack.peer === before) this.resumes += 1;
@@ -338,6 +346,8 @@ export class Signaling extends EventTarget {
       this.seq = 0;
       this.replay.clear();
     }
+    if (ack.room !== this.room) this.hostRestore = null;
+    if (typeof ack.hostRestore === 'string') this.hostRestore = ack.hostRestore;
     this.room = ack.room;
     this.self = ack.peer;
     this.host = ack.host;

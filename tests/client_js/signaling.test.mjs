@@ -39,9 +39,10 @@ class FakeServer {
       iceServers: [{ urls: ['turn:127.0.0.1:3478?transport=tcp'], username: this.turnUser, credential: 'c' }],
       iceTransportPolicy: 'relay', iceExpires: null, // null: no refresh timer keeps node alive
       media: { uploadKbps: 2000, minVideoKbps: 150 },
+      ...(room.host === peer.id && room.hostEpoch ? { hostRestore: `${room.hostEpoch}.host-${room.id}` } : {}),
     });
     if (event === 'create') {
-      const room = { id: id(22), peers: new Map(), host: null };
+      const room = { id: id(22), peers: new Map(), host: null, hostEpoch: 1 };
       const peer = { id: id(16), resume: id(22), meta: p.meta || '', sock };
       room.host = peer.id;
       room.peers.set(peer.id, peer);
@@ -50,7 +51,8 @@ class FakeServer {
       return reply(welcome(room, peer));
     }
     if (event === 'join' && !this.rooms.has(p.room) && p.restore === `ticket-${p.room}`) {
-      this.rooms.set(p.room, { id: p.room, peers: new Map(), host: null });
+      // opened again: it forgot its host epoch, any valid host ticket wins
+      this.rooms.set(p.room, { id: p.room, peers: new Map(), host: null, hostEpoch: null });
     }
     const room = this.rooms.get(p.room);
     if (!room) return reply({ ok: false, error: { code: 'room_not_found', message: 'x' } });
@@ -70,6 +72,15 @@ class FakeServer {
       sock.peer = peer; sock.room = room;
       for (const q of room.peers.values()) {
         if (q !== peer) q.sock.deliver('joined', { room: room.id, peer: peer.id, meta: peer.meta, resumed: false });
+      }
+      const claim = typeof p.hostRestore === 'string' && p.hostRestore.endsWith(`.host-${room.id}`)
+        ? Number(p.hostRestore.split('.')[0]) : null;
+      if (claim !== null && (room.hostEpoch === null || claim > room.hostEpoch)) {
+        room.hostEpoch = claim;
+        room.host = peer.id;
+        for (const q of room.peers.values()) {
+          if (q !== peer) q.sock.deliver('host', { room: room.id, peer: peer.id });
+        }
       }
       return reply(welcome(room, peer));
     }
@@ -293,6 +304,42 @@ test('a restarted server: the client brings the room back with its ticket and ne
   const failed = next(a, 'rejoin-failed');
   a.socket.bounce();
   assert.equal((await failed).code, 'room_not_found');
+});
+
+test('a restarted server: the host, back after a guest, takes the role back with its host ticket and locks again', async () => {
+  const { server, sigs } = await room(2);
+  const [a, b] = sigs;
+  const rid = a.room;
+  assert.equal(typeof a.hostRestore, 'string'); // the host holds a host ticket
+  assert.equal(b.hostRestore, null); // a guest never does
+  a.locked = true; // the host had locked the room
+  b.locked = true;
+  let aLost = false;
+  a.addEventListener('lock-lost', () => { aLost = true; });
+  const bLost = next(b, 'lock-lost');
+  server.restart();
+  // the guest comes back first: the room opens again from its ticket, with the guest as host
+  const backB = next(b, 'room');
+  b.socket.bounce();
+  await backB;
+  assert.equal(b.host, b.self);
+  assert.deepEqual(await bLost, { wasHost: false, isHost: true });
+  // the host comes back: its host ticket takes the role back, and it locks the room again
+  const hostMoved = next(b, 'host');
+  const lockedAtB = next(b, 'locked');
+  const backA = next(a, 'room');
+  a.socket.bounce();
+  await backA;
+  const sent = server.seen.filter((x) => x.event === 'join').map((x) => JSON.parse(x.p));
+  assert.equal(sent.at(-1).hostRestore, a.hostRestore);
+  assert.equal(sent.at(-2).hostRestore, undefined); // b had none to show
+  assert.equal(a.host, a.self);
+  assert.deepEqual(await hostMoved, { peer: a.self });
+  assert.equal(b.host, a.self);
+  assert.deepEqual(await lockedAtB, { locked: true });
+  assert.equal(server.rooms.get(rid).locked, true);
+  assert.equal(server.rooms.get(rid).host, a.self);
+  assert.equal(aLost, false);
 });
 
 test('Tor Browser (no WebRTC, no camera, no WebCodecs) gets plain words, not a call', () => {
