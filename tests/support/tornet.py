@@ -82,6 +82,18 @@ def _port_open(port: int) -> bool:
         return False
 
 
+def stop_process(proc: subprocess.Popen | None, grace: float = 5) -> None:
+    """SIGTERM by PID, SIGKILL if it is still there after ``grace`` seconds; reaped."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(grace)
+
+
 @dataclass
 class Node:
     nick: str
@@ -126,14 +138,7 @@ class Node:
         if self._controller is not None:
             self._controller.close()
             self._controller = None
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc)
 
     @property
     def control_port(self) -> int:
@@ -192,6 +197,26 @@ class TorNetwork:
         for node in self.nodes:
             with contextlib.suppress(Exception):  # keep stopping the others
                 node.stop()
+
+    def start_tor(self, nick: str, datadir: Path, lines: list[str]) -> Node:
+        """Start one more tor on this network (in a test, another machine's tor: onion services
+        from a torrc, Onionbalance's tor) with what every node has (control port, cookie auth,
+        ``__OwningControllerProcess``) plus ``lines``; not waited on (start several, then
+        :meth:`wait_bootstrapped` each). The caller stops it: :meth:`Node.stop` (by PID)."""
+        datadir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        empty = datadir / "empty"
+        empty.write_text("")
+        node = Node(nick, datadir, [*_common(nick, datadir, empty), *self.dir_authority_lines,
+                                    *lines])
+        node.start()
+        return node
+
+    @staticmethod
+    def wait_bootstrapped(node: Node, timeout: float = 60) -> None:
+        """Until ``node`` (from :meth:`start_tor`) has bootstrapped; fails at once if it exits."""
+        wait_for(f"{node.nick}'s control port", node.has_control_port, 10, [node])
+        wait_for(f"{node.nick} to bootstrap", lambda: _bootstrapped(node), timeout, [node],
+                 interval=0.25)
 
 
 def _common(nick: str, dd: Path, empty: Path) -> list[str]:
