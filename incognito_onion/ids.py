@@ -14,6 +14,9 @@ ROOM_KEY_BYTES = 32  # 256-bit room key, only ever in the URL fragment
 ROOM_ID_RE = re.compile(r"\A[A-Za-z0-9_-]{22}\Z")
 PEER_ID_RE = re.compile(r"\A[A-Za-z0-9_-]{16}\Z")
 RESUME_RE = re.compile(r"\A[A-Za-z0-9_-]{22}\Z")
+# a restore ticket (room_tickets.py): 22 base64url characters, after "<generation>." past the
+# first generation
+RESTORE_TICKET_RE = re.compile(r"\A(?:[1-9][0-9]{0,8}\.)?[A-Za-z0-9_-]{22}\Z")
 # a host ticket (room_tickets.py): host epoch, a dot, 22 base64url characters
 HOST_TICKET_RE = re.compile(r"\A[1-9][0-9]{0,8}\.[A-Za-z0-9_-]{22}\Z")
 ROOM_KEY_RE = re.compile(r"\A[A-Za-z0-9_-]{43}\Z")

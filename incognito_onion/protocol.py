@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .ids import HOST_TICKET_RE, PEER_ID_RE, RESUME_RE, ROOM_ID_RE
+from .ids import HOST_TICKET_RE, PEER_ID_RE, RESTORE_TICKET_RE, RESUME_RE, ROOM_ID_RE
 from .rooms import RoomError
 
 # field kinds: "room", "peer", "resume", "opaque", "bool", "binary" (opaque bytes, the media
@@ -18,7 +18,7 @@ from .rooms import RoomError
 # "peers" (a list of at most MAX_PEER_LIST peer ids); a trailing "?" marks optional
 EVENTS: dict[str, dict[str, str]] = {
     "create": {"meta": "opaque?"},
-    "join": {"room": "room", "meta": "opaque?", "resume": "resume?", "restore": "resume?",
+    "join": {"room": "room", "meta": "opaque?", "resume": "resume?", "restore": "restore_ticket?",
              "hostRestore": "host_ticket?"},
     "message": {"room": "room", "data": "opaque"},
     "connection": {"room": "room", "to": "peer", "data": "opaque"},
@@ -39,7 +39,7 @@ MAX_PEER_LIST = 64  # far above any room's capacity
 STREAMS = ("a", "v")
 
 _PATTERNS = {"room": ROOM_ID_RE, "peer": PEER_ID_RE, "resume": RESUME_RE,
-             "host_ticket": HOST_TICKET_RE}
+             "host_ticket": HOST_TICKET_RE, "restore_ticket": RESTORE_TICKET_RE}
 
 
 def utf8_len_over(text: str, limit: int) -> bool:

@@ -11,6 +11,14 @@ one of the connection's failed joins), so room ids stay impossible to probe or p
 A ticket proves only "someone in this room was told this id by this server": the holder already
 had the room id, and the key that makes the room's messages readable never reaches the server.
 
+Generations: when the host removes someone, the room's ticket changes (its generation goes up)
+and the others are told the new one (``restore`` event), so the removed peer keeps a ticket of an
+older generation. A room opened again knows the generation of the tickets shown so far, takes the
+highest, and a ticket older than that does not pass its lock (``rooms.admit``): a removed peer
+cannot use its ticket to get back into a room its host locked again. (An unlocked room lets in
+anyone who has the link, ticket or not: what keeps people out is the lock.) A generation-0
+ticket is 22 base64url characters; a later one is ``<generation>.<22 characters>``.
+
 Host tickets: whoever comes back first to a room that came back is its host, which need not be
 the host of before (who may have locked the room, and alone may remove people). So the host also
 holds a host ticket, ``<epoch>.<HMAC of room id and epoch>``, where the epoch counts the host
@@ -28,7 +36,7 @@ import hmac
 import secrets
 from pathlib import Path
 
-from .ids import HOST_TICKET_RE
+from .ids import HOST_TICKET_RE, RESTORE_TICKET_RE
 from .state import StateDirError, read_private, write_private
 
 SECRET_NAME = "room-tickets.key"  # noqa: S105 (a file name)
@@ -44,12 +52,23 @@ class RoomTickets:
         if len(self.secret) < 16:
             raise ValueError("the ticket secret must be at least 16 bytes")
 
-    def issue(self, room_id: str) -> str:
-        mac = hmac.new(self.secret, b"restore-room:" + room_id.encode(), hashlib.sha256)
-        return base64.urlsafe_b64encode(mac.digest()[:TICKET_BYTES]).rstrip(b"=").decode()
+    def issue(self, room_id: str, generation: int = 0) -> str:
+        label = f"restore-room:{generation}:" if generation else "restore-room:"
+        mac = hmac.new(self.secret, (label + room_id).encode(), hashlib.sha256)
+        tag = base64.urlsafe_b64encode(mac.digest()[:TICKET_BYTES]).rstrip(b"=").decode()
+        return f"{generation}.{tag}" if generation else tag
+
+    def generation(self, room_id: str, ticket: object) -> int | None:
+        """The generation of a valid restore ticket of ``room_id``, else None."""
+        if not isinstance(ticket, str) or not RESTORE_TICKET_RE.match(ticket):
+            return None
+        head, dot, _tag = ticket.partition(".")
+        generation = int(head) if dot else 0
+        return generation if hmac.compare_digest(self.issue(room_id, generation), ticket) \
+            else None
 
     def valid(self, room_id: str, ticket: object) -> bool:
-        return isinstance(ticket, str) and hmac.compare_digest(self.issue(room_id), ticket)
+        return self.generation(room_id, ticket) is not None
 
     def issue_host(self, room_id: str, epoch: int) -> str:
         mac = hmac.new(self.secret, f"host:{epoch}:{room_id}".encode(), hashlib.sha256)

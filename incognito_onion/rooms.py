@@ -39,6 +39,7 @@ class Peer:
     meta: str
     resume: str
     node: str = ""  # the worker process holding the connection ("" with one process)
+    ticket_gen: int = 0  # the generation of the restore ticket it was last given
 
 
 @dataclass
@@ -56,6 +57,9 @@ class Room:
     # host hand-overs so far (room_tickets.py, host tickets); None in a room opened again from a
     # restore ticket: the server forgot it, so any valid host ticket shown wins
     host_epoch: int | None = 0
+    # restore-ticket generation (room_tickets.py): goes up when the host removes someone; in a
+    # room opened again, the highest generation of the tickets shown so far
+    ticket_gen: int = 0
 
     def others(self, peer_id: str) -> list[Peer]:
         return [p for p in self.peers.values() if p.id != peer_id]
@@ -70,6 +74,7 @@ class Departure:
     reason: str  # "left", "removed", "disconnected"
     new_host: str | None  # set when the host role moved
     room_closed: bool
+    tickets_changed: bool = False  # a removal: the others must be told the new restore ticket
 
 
 @dataclass
@@ -142,12 +147,12 @@ class Registry:
         return room
 
     def create(self, sid: str, meta: str = "", room_id: str | None = None,
-               host_claim: int | None = None) -> Joined:
+               host_claim: int | None = None, ticket: int = 0) -> Joined:
         """A new room with ``sid`` as host; ``room_id`` opens a room again under the id it had
         before the server restarted (the caller checked the restore ticket), and raises
         ``room_exists`` when that room is open (someone restored it first: join it);
         ``host_claim``: the epoch of a valid host ticket the joiner showed (see
-        :func:`claim_host`)."""
+        :func:`claim_host`); ``ticket``: the generation of the restore ticket it showed."""
         self._check_per_connection(sid)
         if room_id is not None and room_id in self.rooms and not self._expired(
                 self.rooms[room_id]):
@@ -160,14 +165,16 @@ class Registry:
         if room_id is not None:
             room.restored_until = self.clock() + RESTORE_WINDOW
             room.host_epoch = None
+            room.ticket_gen = ticket
         self.rooms[room.id] = room
         peer = self._add(room, sid, meta)
         claim_host(room, peer, host_claim)
         return Joined(room, peer, resumed=False, replaced_sid=None)
 
     def join(self, room_id: str, sid: str, meta: str = "", resume: str | None = None,
-             ticket: bool = False, host_claim: int | None = None) -> Joined:
-        """``ticket``: the joiner showed a valid restore ticket (see :func:`admit`);
+             ticket: int | None = None, host_claim: int | None = None) -> Joined:
+        """``ticket``: the generation of a valid restore ticket the joiner showed (see
+        :func:`admit`);
         ``host_claim``: the epoch of a valid host ticket it showed (:func:`claim_host`)."""
         room = self.get(room_id)
         if room_id in self._by_sid.get(sid, {}):
@@ -258,7 +265,8 @@ def add_peer(room: Room, sid: str, meta: str, node: str = "") -> Peer:
     peer_id = ids.new_peer_id()
     while peer_id in room.peers:
         peer_id = ids.new_peer_id()
-    peer = Peer(id=peer_id, sid=sid, meta=meta, resume=ids.new_resume_token(), node=node)
+    peer = Peer(id=peer_id, sid=sid, meta=meta, resume=ids.new_resume_token(), node=node,
+                ticket_gen=room.ticket_gen)
     room.peers[peer.id] = peer
     room.empty_since = None
     if room.host is None:
@@ -282,7 +290,7 @@ def claim_host(room: Room, peer: Peer, epoch: int | None) -> bool:
 
 
 def admit(room: Room, sid: str, meta: str, resume: str | None,
-          check_slots: Callable[[], None], node: str = "", ticket: bool = False,
+          check_slots: Callable[[], None], node: str = "", ticket: int | None = None,
           now: float = 0.0, host_claim: int | None = None) -> Joined:
     """:func:`_admit`, then :func:`claim_host` with ``host_claim`` (a valid host ticket's
     epoch, or None)."""
@@ -292,13 +300,15 @@ def admit(room: Room, sid: str, meta: str, resume: str | None,
 
 
 def _admit(room: Room, sid: str, meta: str, resume: str | None,
-           check_slots: Callable[[], None], node: str, ticket: bool, now: float) -> Joined:
+           check_slots: Callable[[], None], node: str, ticket: int | None,
+           now: float) -> Joined:
     """Lets connection ``sid`` into ``room``: takes over the peer whose ``resume`` token it
     holds (even in a locked room), else refuses a locked or full room, else adds a new peer.
     A locked room opened again from a restore ticket less than RESTORE_WINDOW ago lets in a
-    joiner with a valid ticket (``ticket``; ``now`` on the room's clock): someone of the call
-    before the restart. ``check_slots`` raises ``too_many_rooms`` when the connection may not
-    be in one room more."""
+    joiner with a valid ticket (``ticket``: its generation; ``now`` on the room's clock):
+    someone of the call before the restart, unless a ticket of a later generation was shown
+    (someone was removed after this ticket was issued: room_tickets.py). ``check_slots``
+    raises ``too_many_rooms`` when the connection may not be in one room more."""
     if resume:
         stale = next((p for p in room.peers.values()
                       if hmac.compare_digest(p.resume, resume)), None)
@@ -307,10 +317,15 @@ def _admit(room: Room, sid: str, meta: str, resume: str | None,
             old_sid = stale.sid
             stale.sid = sid
             stale.node = node
+            stale.ticket_gen = room.ticket_gen
             if meta:
                 stale.meta = meta
             return Joined(room, stale, resumed=True, replaced_sid=old_sid)
-    coming_back = ticket and room.restored_until is not None and now < room.restored_until
+    restored = room.restored_until is not None
+    if restored and ticket is not None and ticket > room.ticket_gen:
+        room.ticket_gen = ticket  # a ticket of after a removal: older ones no longer pass
+    coming_back = (ticket is not None and restored and now < room.restored_until
+                   and ticket >= room.ticket_gen)
     if room.locked and not coming_back:
         raise RoomError("room_locked", "the host has locked this room")
     if len(room.peers) >= room.capacity:
@@ -323,8 +338,17 @@ def _admit(room: Room, sid: str, meta: str, resume: str | None,
 def depart(room: Room, peer: Peer, reason: str, now: float, empty_grace: float) -> Departure:
     """``peer`` leaves ``room``: the host role moves to the oldest remaining peer; an empty room
     starts its grace period, or closes at once (``room_closed``) when there is none and it is
-    not pinned. The caller forgets a closed room."""
+    not pinned. The caller forgets a closed room. A removal makes the room's restore tickets
+    change (``ticket_gen``), so the removed peer's no longer gets through the lock."""
     del room.peers[peer.id]
+    tickets_changed = False
+    if reason == "removed" and peer.ticket_gen >= room.ticket_gen:
+        # the ticket it holds is the room's: a new one for the others (a peer let in with an
+        # older one, in a room opened again, holds nothing worth revoking)
+        room.ticket_gen += 1
+        for p in room.peers.values():
+            p.ticket_gen = room.ticket_gen
+        tickets_changed = True
     new_host = None
     if room.host == peer.id:
         room.host = next(iter(room.peers), None)
@@ -335,7 +359,7 @@ def depart(room: Room, peer: Peer, reason: str, now: float, empty_grace: float) 
     if not room.peers:
         room.empty_since = now
         closed = not room.pinned and empty_grace <= 0
-    return Departure(room, peer, reason, new_host, closed)
+    return Departure(room, peer, reason, new_host, closed, tickets_changed)
 
 
 def find_sid(room: Room, sid: str) -> Peer | None:

@@ -91,11 +91,11 @@ class LocalRooms:
         return self.registry.open_pinned(room_id)
 
     async def create(self, sid: str, meta: str = "", room_id: str | None = None,
-                     host_claim: int | None = None) -> Joined:
-        return self.registry.create(sid, meta, room_id, host_claim)
+                     host_claim: int | None = None, ticket: int = 0) -> Joined:
+        return self.registry.create(sid, meta, room_id, host_claim, ticket)
 
     async def join(self, room_id: str, sid: str, meta: str = "", resume: str | None = None,
-                   ticket: bool = False, host_claim: int | None = None) -> Joined:
+                   ticket: int | None = None, host_claim: int | None = None) -> Joined:
         return self.registry.join(room_id, sid, meta, resume, ticket, host_claim)
 
     async def member(self, room_id: str, sid: str) -> tuple[Room, Peer]:
@@ -134,7 +134,8 @@ def encode_room(room: Room) -> str:
         "id": room.id, "capacity": room.capacity, "pinned": room.pinned,
         "locked": room.locked, "host": room.host, "empty_since": room.empty_since,
         "restored_until": room.restored_until, "host_epoch": room.host_epoch,
-        "peers": [[p.id, p.sid, p.resume, p.node] for p in room.peers.values()],
+        "ticket_gen": room.ticket_gen,
+        "peers": [[p.id, p.sid, p.resume, p.node, p.ticket_gen] for p in room.peers.values()],
     }, separators=(",", ":"))
 
 
@@ -143,10 +144,11 @@ def decode_room(raw: str | bytes, metas: dict[str, str] | None = None) -> Room:
     metas = metas or {}
     room = Room(id=d["id"], capacity=int(d["capacity"]), pinned=bool(d["pinned"]),
                 locked=bool(d["locked"]), host=d["host"], empty_since=d["empty_since"],
-                restored_until=d.get("restored_until"), host_epoch=d.get("host_epoch", 0))
-    for pid, sid, resume, node in d["peers"]:
+                restored_until=d.get("restored_until"), host_epoch=d.get("host_epoch", 0),
+                ticket_gen=int(d.get("ticket_gen", 0)))
+    for pid, sid, resume, node, *rest in d["peers"]:
         room.peers[pid] = Peer(id=pid, sid=sid, meta=metas.get(pid, ""), resume=resume,
-                               node=node)
+                               node=node, ticket_gen=int(rest[0]) if rest else 0)
     return room
 
 
@@ -297,13 +299,13 @@ class SharedRooms:
         return await self._txn([k_room(room.id)], body)
 
     async def create(self, sid: str, meta: str = "", room_id: str | None = None,
-                     host_claim: int | None = None) -> Joined:
+                     host_claim: int | None = None, ticket: int = 0) -> Joined:
         """A new room with ``sid`` as host; ``room_id``: opened again under its old id (see
         ``Registry.create``), ``room_exists`` when it is open; ``host_claim``: see
         ``rooms.claim_host``."""
         for attempt in range(2):
             try:
-                return await self._create(sid, meta, room_id, host_claim)
+                return await self._create(sid, meta, room_id, host_claim, ticket)
             except RoomError as exc:
                 if exc.code != "server_full" or attempt:
                     raise
@@ -311,7 +313,7 @@ class SharedRooms:
         raise AssertionError("unreachable")
 
     async def _create(self, sid: str, meta: str, room_id: str | None = None,
-                      host_claim: int | None = None) -> Joined:
+                      host_claim: int | None = None, ticket: int = 0) -> Joined:
         room = Room(id=room_id or ids.new_room_id(), capacity=self.capacity)
 
         async def body(pipe: Any):
@@ -331,9 +333,11 @@ class SharedRooms:
             room.peers.clear()
             room.host = None
             room.host_epoch = 0
+            room.ticket_gen = 0
             if room_id is not None:
                 room.restored_until = self.clock() + RESTORE_WINDOW
                 room.host_epoch = None
+                room.ticket_gen = ticket
             peer = add_peer(room, sid, meta, self.node)
             claim_host(room, peer, host_claim)
 
@@ -353,7 +357,7 @@ class SharedRooms:
                 continue
 
     async def join(self, room_id: str, sid: str, meta: str = "", resume: str | None = None,
-                   ticket: bool = False, host_claim: int | None = None) -> Joined:
+                   ticket: int | None = None, host_claim: int | None = None) -> Joined:
         async def body(pipe: Any):
             room = await self._load(pipe, room_id)
             if room is None or expired(room, self.clock(), self.empty_grace):

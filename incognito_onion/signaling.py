@@ -352,7 +352,7 @@ class Signaling:
             "peer": peer_id,
             "host": room.host,
             "resume": resume,
-            "restore": self.tickets.issue(room.id),
+            "restore": self.tickets.issue(room.id, room.ticket_gen),
             **self._host_ticket(room, peer_id),
             "locked": room.locked,
             "capacity": room.capacity,
@@ -379,8 +379,10 @@ class Signaling:
         conn = self.conns[sid]
         if not conn.failed_joins.has():
             raise RoomError("rate_limited", "too many joins of rooms that do not exist; wait")
-        # a valid restore ticket also passes the lock of a room just opened again from one
-        ticket = "restore" in f and self.tickets.valid(f["room"], f["restore"])
+        # a valid restore ticket (its generation) also passes the lock of a room just opened
+        # again from one
+        ticket = (self.tickets.generation(f["room"], f["restore"]) if "restore" in f
+                  else None)
         # a valid host ticket of a later host hand-over than the room knows makes the joiner
         # host (the host of before a restart, back after someone else)
         claim = (self.tickets.host_epoch(f["room"], f["hostRestore"])
@@ -409,23 +411,23 @@ class Signaling:
         log.debug("peer joined a room (%d peers in it)", len(room.peers))
         return self._welcome(sid, room, peer.id, peer.resume)
 
-    async def _restore(self, sid: str, conn: _Conn, f: dict[str, Any], ticket: bool,
+    async def _restore(self, sid: str, conn: _Conn, f: dict[str, Any], ticket: int | None,
                        claim: int | None) -> Joined:
         """A join of a room this server does not know: with a valid restore ticket the room
         opens again under its id (the server restarted under a call), else ``room_not_found``
         at the price of one failed join."""
-        if not ticket:
+        if ticket is None:
             conn.failed_joins.allow()
             raise RoomError("room_not_found", "no such room (it may have ended)")
         try:
             joined = await self.rooms.create(sid, f.get("meta", ""), room_id=f["room"],
-                                             host_claim=claim)
+                                             host_claim=claim, ticket=ticket)
         except RoomError as exc:
             if exc.code != "room_exists":
                 raise
             # someone else brought it back first: an ordinary join (never a resume: this
             # server issued no resume token for it before its restart)
-            return await self.rooms.join(f["room"], sid, f.get("meta", ""), None, True, claim)
+            return await self.rooms.join(f["room"], sid, f.get("meta", ""), None, ticket, claim)
         log.info("a room came back after a server restart (%d open)", await self.rooms.count())
         return joined
 
@@ -464,6 +466,9 @@ class Signaling:
         await self.sio.leave_room(dep.peer.sid, dep.room.id)
         await self.sio.emit("removed", {"room": dep.room.id}, to=dep.peer.sid)
         await self._announce_departure(dep)
+        if dep.tickets_changed and not dep.room_closed:  # the removed one's no longer passes
+            await self.sio.emit("restore", {"room": dep.room.id, "restore": self.tickets.issue(
+                dep.room.id, dep.room.ticket_gen)}, room=dep.room.id)
         return {}
 
     async def _ice(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:

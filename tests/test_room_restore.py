@@ -28,7 +28,11 @@ ROOM = "A" * 22
 def test_a_ticket_is_bound_to_its_room_and_its_secret():
     t = RoomTickets(b"s" * 32)
     ticket = t.issue(ROOM)
-    assert len(ticket) == 22 and t.valid(ROOM, ticket)
+    assert len(ticket) == 22 and t.valid(ROOM, ticket) and t.generation(ROOM, ticket) == 0
+    later = t.issue(ROOM, 2)
+    assert later.startswith("2.") and t.generation(ROOM, later) == 2
+    assert t.generation(ROOM, "3." + later[2:]) is None  # the generation is in the MAC
+    assert t.generation(ROOM, "0." + ticket) is None
     assert not t.valid("B" * 22, ticket)
     assert not RoomTickets(b"x" * 32).valid(ROOM, ticket)
     for bad in (None, "", 5, ticket[:-1] + ("A" if ticket[-1] != "A" else "B"), [ticket]):
@@ -69,16 +73,16 @@ def test_a_ticket_passes_the_lock_of_a_reopened_room_for_a_while_only():
     with pytest.raises(RoomError) as exc:
         reg.join(ROOM, "stranger", "m")
     assert exc.value.code == "room_locked"
-    assert reg.join(ROOM, "s2", "m2", ticket=True).peer.id != host.peer.id
+    assert reg.join(ROOM, "s2", "m2", ticket=0).peer.id != host.peer.id
     now[0] += RESTORE_WINDOW + 1
     with pytest.raises(RoomError) as exc:
-        reg.join(ROOM, "s3", "m3", ticket=True)
+        reg.join(ROOM, "s3", "m3", ticket=0)
     assert exc.value.code == "room_locked"
     # a room that was never restored: a ticket does not open its lock
     plain = reg.create("s4", "m4")
     reg.lock(plain.room.id, "s4", True)
     with pytest.raises(RoomError) as exc:
-        reg.join(plain.room.id, "s5", "m5", ticket=True)
+        reg.join(plain.room.id, "s5", "m5", ticket=0)
     assert exc.value.code == "room_locked"
 
 
@@ -98,7 +102,7 @@ async def test_workers_racing_to_reopen_a_room_make_one(redis_url):
     with pytest.raises(RoomError) as exc:
         await ws[2].join(ROOM, "stranger", "m")
     assert exc.value.code == "room_locked"
-    assert (await ws[2].join(ROOM, "back", "m", ticket=True)).room.locked
+    assert (await ws[2].join(ROOM, "back", "m", ticket=0)).room.locked
 
 
 # --- host tickets ------------------------------------------------------------------------------
@@ -131,12 +135,12 @@ def test_host_epochs_count_hand_overs_and_a_later_ticket_takes_the_role():
     reg2 = Registry(capacity=6)
     first = reg2.create("s1", "guest", room_id=ROOM)
     assert first.room.host == first.peer.id and first.room.host_epoch is None
-    old_host = reg2.join(ROOM, "s2", "a", ticket=True, host_claim=1)
+    old_host = reg2.join(ROOM, "s2", "a", ticket=0, host_claim=1)
     assert old_host.host_changed and first.room.host == old_host.peer.id
     assert first.room.host_epoch == 1
-    latest = reg2.join(ROOM, "s3", "b", ticket=True, host_claim=2)
+    latest = reg2.join(ROOM, "s3", "b", ticket=0, host_claim=2)
     assert latest.host_changed and first.room.host == latest.peer.id
-    again = reg2.join(ROOM, "s4", "stale", ticket=True, host_claim=1)
+    again = reg2.join(ROOM, "s4", "stale", ticket=0, host_claim=1)
     assert not again.host_changed and first.room.host == latest.peer.id
     # the first one back holding the ticket is host from the start, at its epoch
     reg3 = Registry(capacity=6)
@@ -152,15 +156,44 @@ def test_host_epochs_count_hand_overs_and_a_later_ticket_takes_the_role():
     assert not claim_host(room, e.peer, None)
 
 
+def test_a_removal_changes_the_tickets_unless_the_removed_one_was_already_stale():
+    reg = Registry(capacity=6)
+    a = reg.create("sa", "a")
+    room = a.room
+    reg.join(room.id, "sb", "b")
+    c = reg.join(room.id, "sc", "c")
+    dep = reg.remove(room.id, "sa", c.peer.id)
+    assert dep.tickets_changed and room.ticket_gen == 1
+    assert {p.ticket_gen for p in room.peers.values()} == {1}  # the others are told
+    d = reg.join(room.id, "sd", "d")
+    assert d.peer.ticket_gen == 1  # a newcomer is given the current one
+    # a room opened again: the removed peer (generation 0) came back first, the host with 1
+    reg2 = Registry(capacity=6)
+    intruder = reg2.create("s1", "c", room_id=ROOM, ticket=0)
+    host = reg2.join(ROOM, "s2", "a", ticket=1, host_claim=1)
+    assert intruder.room.ticket_gen == 1 and host.host_changed
+    reg2.lock(ROOM, "s2", True)
+    dep = reg2.remove(ROOM, "s2", intruder.peer.id)
+    assert not dep.tickets_changed and intruder.room.ticket_gen == 1  # the others' still pass
+    with pytest.raises(RoomError) as exc:
+        reg2.join(ROOM, "s3", "c", ticket=0)
+    assert exc.value.code == "room_locked"
+    assert reg2.join(ROOM, "s4", "b", ticket=1).room.locked
+
+
 async def test_host_claims_in_redis(redis_url):
     ws = [SharedRooms.from_url(redis_url, node=f"w{i}", capacity=6, max_rooms=5,
                                per_connection=2, empty_grace=0.0) for i in range(2)]
     first = await ws[0].create("s1", "guest", room_id=ROOM)
     assert first.room.host_epoch is None
-    back = await ws[1].join(ROOM, "s2", "host", ticket=True, host_claim=3)
+    back = await ws[1].join(ROOM, "s2", "host", ticket=0, host_claim=3)
     assert back.host_changed and back.room.host == back.peer.id and back.room.host_epoch == 3
-    stale = await ws[0].join(ROOM, "s3", "stale", ticket=True, host_claim=2)
+    stale = await ws[0].join(ROOM, "s3", "stale", ticket=0, host_claim=2)
     assert not stale.host_changed and stale.room.host == back.peer.id
+    # a removal by the host changes the tickets, and the generations ride along in redis
+    dep = await ws[1].remove(ROOM, "s2", stale.peer.id)
+    assert dep.tickets_changed and dep.room.ticket_gen == 1
+    assert {p.ticket_gen for p in (await ws[0].member(ROOM, "s1"))[0].peers.values()} == {1}
     # the host leaves: the oldest peer left is host, one hand-over later
     dep = await ws[0].leave(ROOM, "s2")
     assert dep.new_host == first.peer.id and dep.room.host_epoch == 4
@@ -283,6 +316,54 @@ async def test_the_host_back_after_a_guest_takes_the_role_back(tmp_path):
         assert host_ticket not in srv.output() and heir["hostRestore"] not in srv.output()
     finally:
         for p in (a2, b2, c2):
+            await p.disconnect()
+        srv.stop()
+
+
+@pytest.mark.faults
+async def test_a_removed_peer_cannot_use_its_ticket_through_the_lock(tmp_path):
+    """The host removes c: the others get a new restore ticket (generation 1), c keeps its old
+    one. After a restart c comes back first and opens the room (unlocked: anyone with the link
+    may enter an unlocked room); the host comes back with its host and new restore tickets,
+    takes its role back, locks the room and removes c again; c's old ticket then no longer
+    passes the lock, while b's new one still does."""
+    srv = start_server(tmp_path)
+    a, b, c = Peer(srv.base, "a"), Peer(srv.base, "b"), Peer(srv.base, "c")
+    try:
+        for p in (a, b, c):
+            await p.connect()
+        made = await a.create(meta="meta-a")
+        rid, old_ticket = made["room"], made["restore"]
+        await b.join(rid, meta="meta-b")
+        ack_c = await c.join(rid, meta="meta-c")
+        assert (await a.call("lock", {"room": rid, "locked": True}))["locked"]
+        assert (await a.call("remove", {"room": rid, "peer": ack_c["peer"]}))["ok"]
+        new_a = (await a.next("restore", room=rid))["restore"]
+        new_b = (await b.next("restore", room=rid))["restore"]
+        assert new_a == new_b != old_ticket and new_b.startswith("1.")
+        await c.next("removed", room=rid)
+        assert not c.seen("restore")  # the removed peer is not told
+    finally:
+        for p in (a, b, c):
+            await p.disconnect()
+    srv.kill()
+    srv = srv.relaunch()
+    a2, b2, c2, c3 = [await _reconnect(srv, n) for n in ("a2", "b2", "c2", "c3")]
+    try:
+        ack = await c2.call("join", {"room": rid, "meta": "meta-c", "restore": old_ticket})
+        assert ack["ok"] and ack["host"] == ack["peer"], ack  # first back: it opens the room
+        ack_a2 = await a2.call("join", {"room": rid, "meta": "meta-a", "restore": new_a,
+                                        "hostRestore": made["hostRestore"]})
+        assert ack_a2["host"] == ack_a2["peer"] and ack_a2["restore"] == new_a, ack_a2
+        assert (await a2.call("lock", {"room": rid, "locked": True}))["locked"]
+        assert (await a2.call("remove", {"room": rid, "peer": ack["peer"]}))["ok"]
+        # within the restore window: c's old ticket does not pass the lock, b's new one does
+        ack = await c3.call("join", {"room": rid, "meta": "meta-c", "restore": old_ticket})
+        assert ack["error"]["code"] == "room_locked", ack
+        ack_b2 = await b2.call("join", {"room": rid, "meta": "meta-b", "restore": new_b})
+        assert ack_b2["ok"], ack_b2
+    finally:
+        for p in (a2, b2, c2, c3):
             await p.disconnect()
         srv.stop()
 

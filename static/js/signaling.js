@@ -174,6 +174,11 @@ export class Signaling extends EventTarget {
       this.host = p.peer;
       this._fire('host', { peer: p.peer });
     });
+    // the host removed someone: the room's restore ticket changed (the removed peer's old one
+    // no longer passes the lock of the room when it comes back after a restart)
+    s.on('restore', (/** @type {any} */ p) => {
+      if (this._mine(p) && typeof p.restore === 'string') this.restore = p.restore;
+    });
     s.on('host-restore', (/** @type {any} */ p) => {
       if (this._mine(p) && typeof p.hostRestore === 'string') this.hostRestore = p.hostRestore;
     });

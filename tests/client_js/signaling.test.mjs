@@ -311,6 +311,13 @@ test('a restarted server: the host, back after a guest, takes the role back with
   const [a, b] = sigs;
   const rid = a.room;
   assert.equal(typeof a.hostRestore, 'string'); // the host holds a host ticket
+  // a new restore ticket after a removal replaces the old one
+  const before = b.restore;
+  b.socket.deliver('restore', { room: rid, restore: `1.${before}` });
+  b.socket.deliver('restore', { room: 'x'.repeat(22), restore: 'not-ours' });
+  await new Promise((r) => setTimeout(r, 5));
+  assert.equal(b.restore, `1.${before}`);
+  b.restore = before; // what this fake server knows
   assert.equal(b.hostRestore, null); // a guest never does
   a.locked = true; // the host had locked the room
   b.locked = true;
