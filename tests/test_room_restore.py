@@ -267,20 +267,25 @@ async def test_a_killed_server_comes_back_and_the_room_with_it(tmp_path):
         srv.stop()
 
 
+async def _room_of_three(srv) -> tuple[list[Peer], list[dict]]:
+    """Peers a (host, made the room), b and c in one room: the peers and their answers."""
+    peers = [Peer(srv.base, n) for n in ("a", "b", "c")]
+    for p in peers:
+        await p.connect()
+    made = await peers[0].create(meta="meta-a")
+    acks = [made] + [await p.join(made["room"], meta=f"meta-{p.name}") for p in peers[1:]]
+    return peers, acks
+
+
 @pytest.mark.faults
 async def test_the_host_back_after_a_guest_takes_the_role_back(tmp_path):
     """After a restart the first one back is host; the host of before, back later with its host
     ticket, takes the role back (and can lock the room again); a guest showing the room's
     restore ticket or a forged host ticket cannot; a host hand-over gives the heir a ticket."""
     srv = start_server(tmp_path)
-    a, b, c = Peer(srv.base, "a"), Peer(srv.base, "b"), Peer(srv.base, "c")
+    (a, b, c), (made, ack_b, ack_c) = await _room_of_three(srv)
+    rid, host_ticket = made["room"], made["hostRestore"]
     try:
-        for p in (a, b, c):
-            await p.connect()
-        made = await a.create(meta="meta-a")
-        rid, host_ticket = made["room"], made["hostRestore"]
-        ack_b = await b.join(rid, meta="meta-b")
-        ack_c = await c.join(rid, meta="meta-c")
         assert "hostRestore" not in ack_b and "hostRestore" not in ack_c  # guests hold none
     finally:
         for p in (a, b, c):
@@ -328,14 +333,9 @@ async def test_a_removed_peer_cannot_use_its_ticket_through_the_lock(tmp_path):
     takes its role back, locks the room and removes c again; c's old ticket then no longer
     passes the lock, while b's new one still does."""
     srv = start_server(tmp_path)
-    a, b, c = Peer(srv.base, "a"), Peer(srv.base, "b"), Peer(srv.base, "c")
+    (a, b, c), (made, _ack_b, ack_c) = await _room_of_three(srv)
+    rid, old_ticket = made["room"], made["restore"]
     try:
-        for p in (a, b, c):
-            await p.connect()
-        made = await a.create(meta="meta-a")
-        rid, old_ticket = made["room"], made["restore"]
-        await b.join(rid, meta="meta-b")
-        ack_c = await c.join(rid, meta="meta-c")
         assert (await a.call("lock", {"room": rid, "locked": True}))["locked"]
         assert (await a.call("remove", {"room": rid, "peer": ack_c["peer"]}))["ok"]
         new_a = (await a.next("restore", room=rid))["restore"]
