@@ -203,6 +203,30 @@ class _Deadline:
 DIRECT_MAX = 16 * 1024
 
 
+_FRAME = "_incognito_ws_frame"  # a Packet's cached frame: one emit reaches a whole room
+
+
+def ws_frame(pkt: eio_packet.Packet) -> bytes | None:
+    """``pkt`` as an unmasked server WebSocket frame (RFC 6455 5.2, as aiohttp's writer builds
+    it), or None when it is over DIRECT_MAX. Kept on the packet, which an emit sends to every
+    recipient."""
+    frame = pkt.__dict__.get(_FRAME)
+    if frame is None:
+        data = pkt.encode()
+        if type(data) is str:
+            data = data.encode()
+            opcode = 0x81  # FIN, text
+        else:
+            opcode = 0x82  # FIN, binary
+        n = len(data)
+        if n > DIRECT_MAX:
+            return None
+        frame = (struct.pack("!BB", opcode, n) if n < 126 else
+                 struct.pack("!BBH", opcode, 126, n)) + data
+        setattr(pkt, _FRAME, frame)
+    return frame
+
+
 async def _serve(sock: AsyncSocket, ws: Any) -> None:
     """``AsyncSocket._websocket_handler`` for a connection that opened as a WebSocket.
 
@@ -239,17 +263,9 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
         if not writing and transport is not None and queue.empty() \
                 and not transport.get_write_buffer_size() and not transport.is_closing() \
                 and not resp.closed:
-            data = pkt.encode()
-            if type(data) is str:
-                data = data.encode()
-                opcode = 0x81  # FIN, text
-            else:
-                opcode = 0x82  # FIN, binary
-            n = len(data)
-            if n <= DIRECT_MAX:
-                # an unmasked server frame (RFC 6455 5.2), as aiohttp's writer builds it
-                transport.write((struct.pack("!BB", opcode, n) if n < 126 else
-                                 struct.pack("!BBH", opcode, 126, n)) + data)
+            frame = ws_frame(pkt)
+            if frame is not None:
+                transport.write(frame)
                 return
         queue.put_nowait(pkt)
 

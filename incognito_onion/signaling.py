@@ -431,23 +431,26 @@ class Signaling:
         log.info("a room came back after a server restart (%d open)", await self.rooms.count())
         return joined
 
+    # the relayed events go to the client manager directly: AsyncServer.emit adds only a debug
+    # log line and a call, per message of every call
     async def _message(self, sid: str, ev: str, f: dict[str, Any]) -> dict[str, Any]:
         room, peer = await self.rooms.member(f["room"], sid)
-        await self.sio.emit(ev, {"room": room.id, "from": peer.id, "data": f["data"]},
-                            room=room.id, skip_sid=sid)
+        await self.sio.manager.emit(ev, {"room": room.id, "from": peer.id, "data": f["data"]},
+                                    "/", room=room.id, skip_sid=sid)
         return {}
 
     async def _share(self, sid: str, ev: str, f: dict[str, Any]) -> dict[str, Any]:
         room, peer = await self.rooms.member(f["room"], sid)
-        await self.sio.emit(ev, {"room": room.id, "from": peer.id, "data": f.get("data")},
-                            room=room.id, skip_sid=sid)
+        await self.sio.manager.emit(ev, {"room": room.id, "from": peer.id,
+                                         "data": f.get("data")},
+                                    "/", room=room.id, skip_sid=sid)
         return {}
 
     async def _connection(self, sid: str, ev: str, f: dict[str, Any]) -> dict[str, Any]:
         room, peer = await self.rooms.member(f["room"], sid)
         target = self.rooms.target(room, f["to"])
-        await self.sio.emit(ev, {"room": room.id, "from": peer.id, "data": f["data"]},
-                            to=target.sid)
+        await self.sio.manager.emit(ev, {"room": room.id, "from": peer.id, "data": f["data"]},
+                                    "/", room=target.sid)
         return {}
 
     async def _leave(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
