@@ -3,7 +3,8 @@ many socket.io clients in small rooms. Not a test: it prints numbers.
 
     .venv/bin/python bench/relay_load.py [--clients 1000] [--rooms-of 4] [--rate 1]
                                          [--seconds 20] [--warmup 5] [--procs N] [--json]
-                                         [--against ours|node|both]
+                                         [--against ours|node|both] [--generator python|node]
+                                         [--rates R1,R2,...]
 
 Starts the real server (``incognito-onion up --no-tor --no-turn`` on 127.0.0.1, its own
 --state-dir, limits raised only as far as the load needs) and spreads the clients over --procs
@@ -26,6 +27,12 @@ every client connected and in its room but idle, and at the end of the window.
 socket.io 4 server with the same relay semantics and ack shapes (``npm ci --prefix bench/node``
 first if its node_modules is missing); ``--against both`` runs ours, then Node, with the same
 parameters in one invocation and prints both tables and the node/ours ratios.
+
+``--generator node`` runs bench/node/load_gen.mjs (socket.io-client 4) as the generator processes
+instead of this script's ``--worker``: same arguments, same JSON lines, same payloads, schedule,
+counters and files, at a fraction of the CPU, so that a higher --rate can saturate the server
+under test. ``--rates R1,R2,...`` runs the whole measurement once per rate (a fresh server each
+time) and ends with one summary table.
 """
 
 from __future__ import annotations
@@ -375,6 +382,14 @@ def cpu_seconds(proc) -> float:
     return total
 
 
+def ensure_node_modules(log) -> None:
+    """bench/node's locked dependencies (the server's socket.io, the generator's client)."""
+    if not all((NODE_DIR / "node_modules" / m).is_dir() for m in ("socket.io", "socket.io-client")):
+        log(f"npm ci --prefix {NODE_DIR} ...")
+        subprocess.run(["npm", "ci", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund"],
+                       check=True, stdout=sys.stderr)
+
+
 class NodeServer:
     """bench/node/relay_server.mjs as a subprocess, with the bits of tests.support.server's
     LiveServer that orchestrate() uses (pid, base, alive, output, stop)."""
@@ -382,10 +397,7 @@ class NodeServer:
     def __init__(self, log) -> None:
         from tests.support.server import free_port
 
-        if not (NODE_DIR / "node_modules" / "socket.io").is_dir():
-            log(f"npm ci --prefix {NODE_DIR} ...")
-            subprocess.run(["npm", "ci", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund"],
-                           check=True, stdout=sys.stderr)
+        ensure_node_modules(log)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.lines: list[str] = []
@@ -499,6 +511,7 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
                  "config": {"clients": args.clients, "rooms_of": args.rooms_of,
                             "rate": args.rate, "seconds": args.seconds, "warmup": args.warmup,
                             "size": args.size, "procs": len(shares), "cpus": os.cpu_count(),
+                            "generator": args.generator,
                             "server_env": env if against == "ours" else None}}
     try:
         srv = NodeServer(log) if against == "node" else start_server(tmp, env=env)
@@ -507,12 +520,17 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
         await asyncio.sleep(1.0)
         rss_before = tree_rss(sp)
 
+        if args.generator == "node":
+            ensure_node_modules(log)
+            program = ["node", str(NODE_DIR / "load_gen.mjs")]
+        else:
+            program = [sys.executable, __file__]
         first = 0
         t0 = time.monotonic()
         for k, n in enumerate(shares):
             out = str(tmp / f"gen{k}")
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, __file__, "--worker", "--base", srv.base, "--clients", str(n),
+                *program, "--worker", "--base", srv.base, "--clients", str(n),
                 "--first", str(first), "--rooms-of", str(args.rooms_of), "--rate",
                 str(args.rate), "--size", str(args.size), "--drain", str(args.drain),
                 "--concurrency", str(args.concurrency), "--out", out,
@@ -520,8 +538,8 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
                 start_new_session=True, preexec_fn=_die_with_parent)
             gens.append(Gen(proc, out, n))
             first += n
-        log(f"{len(gens)} generator process(es): {', '.join(str(g.clients) for g in gens)} "
-            f"clients; connecting and joining rooms ...")
+        log(f"{len(gens)} {args.generator} generator process(es): "
+            f"{', '.join(str(g.clients) for g in gens)} clients; connecting and joining rooms ...")
         for g in gens:
             g.ready = await g.expect("ready", 60 + args.clients / 10)
         t_setup = time.monotonic() - t0
@@ -689,7 +707,7 @@ def report(r: dict) -> str:
         ("rooms", f"{r['rooms']} of {c['rooms_of']} clients"),
         ("load", f"{c['rate']:g} msg/s per client, {c['size']}-char payload, "
          f"{c['warmup']:g} s warm-up + {c['seconds']:g} s measured, "
-         f"{c['procs']} generator process(es)"),
+         f"{c['procs']} {c.get('generator', 'python')} generator process(es)"),
         ("messages sent/s", f"{r['sent_per_s']:.1f}  ({r['sent']} in the window)"),
         ("messages delivered/s", f"{r['delivered_per_s']:.1f}  ({r['delivered']} of "
          f"{r['expected_deliveries']} expected, {r['lost']} lost)"),
@@ -768,6 +786,49 @@ def compare_report(ours: dict, node: dict, rat: dict) -> str:
         f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:>{w[2]}}  {r[3]:>{w[3]}}" for r in rows)])
 
 
+def sweep(args: argparse.Namespace, rates: list[float], which: list[str]) -> int:
+    """--rates: the whole measurement per rate and server, then one summary table."""
+    runs: list[dict] = []
+    try:
+        for rate in rates:
+            args.rate = rate
+            for against in which:
+                if runs:
+                    time.sleep(2.0)  # the previous run's sockets and processes gone
+                res = asyncio.run(orchestrate(args, against))
+                runs.append(res)
+                if not args.json:
+                    print(report(res) + "\n", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted; generators and server stopped", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(tidy({"sweep": runs}), indent=2, default=str))
+    else:
+        print(sweep_report(runs))
+    return 0
+
+
+def sweep_report(runs: list[dict]) -> str:
+    rows = [("server", "rate", "sent/s", "delivered/s", "lost", "p50 ms", "p99 ms",
+             "lag p99", "server CPU", "deliv./s per core", "gen CPU", "other", "errors")]
+    for r in runs:
+        cpu = r["server_cpu_percent"]
+        rows.append((
+            r["server"], f"{r['config']['rate']:g}", f"{r['sent_per_s']:.0f}",
+            f"{r['delivered_per_s']:.0f}", str(r["lost"]), f"{r['latency_ms']['p50']:.2f}",
+            f"{r['latency_ms']['p99']:.1f}", f"{r['send_lag_ms']['p99']:.1f}", f"{cpu:.0f}%",
+            f"{100 * r['delivered_per_s'] / cpu:.0f}" if cpu else "-",
+            "+".join(f"{x:.0f}" for x in r["generator_cpu_percent"]) + "%",
+            f"{r['other_processes_cpu_percent']:.0f}%", str(r["errors_total"])))
+    w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    gen = runs[0]["config"].get("generator", "python") if runs else "python"
+    head = f"rate sweep ({gen} generators; rate = messages per client per second)"
+    return "\n".join([head, "-" * len(head), *(
+        "  ".join(f"{v:<{w[i]}}" if i == 0 else f"{v:>{w[i]}}" for i, v in enumerate(row))
+        for row in rows)])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=1000, help="socket.io clients (default 1000)")
@@ -793,6 +854,13 @@ def main() -> int:
     ap.add_argument("--against", choices=("ours", "node", "both"), default="ours",
                     help="server to load: ours, node (bench/node/relay_server.mjs, Node "
                          "socket.io 4), or both one after the other (default ours)")
+    ap.add_argument("--generator", choices=("python", "node"), default="python",
+                    help="generator processes: python (this script, python-socketio) or node "
+                         "(bench/node/load_gen.mjs, socket.io-client; far less CPU per client) "
+                         "(default python)")
+    ap.add_argument("--rates", metavar="R1,R2,...",
+                    help="run once per rate (a fresh server each), then a summary table; "
+                         "overrides --rate")
     ap.add_argument("--json", action="store_true", help="print the results as JSON only")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -807,6 +875,14 @@ def main() -> int:
             or args.size < HEAD_CHARS:
         ap.error("need --clients >= 1, --rooms-of >= 2, --rate > 0, --seconds > 0, --size >= 24")
     which = ["ours", "node"] if args.against == "both" else [args.against]
+    if args.rates:
+        try:
+            rates = [float(x) for x in args.rates.split(",") if x.strip()]
+        except ValueError:
+            ap.error("--rates takes numbers separated by commas")
+        if not rates or min(rates) <= 0:
+            ap.error("--rates needs rates > 0")
+        return sweep(args, rates, which)
     results: dict = {}
     try:
         for k, against in enumerate(which):
