@@ -32,7 +32,12 @@ def test_a_child_dies_when_its_parent_is_killed():
                               stdout=subprocess.PIPE, text=True)
     child_pid = int(parent.stdout.readline())
     try:
-        assert psutil.pid_exists(child_pid)
+        # setpriv sets the death signal, then execs sleep: a parent killed before that would
+        # leave an orphan however it was started (not what this test is about)
+        deadline = time.monotonic() + 10
+        while psutil.Process(child_pid).name() != "sleep":
+            assert time.monotonic() < deadline, "setpriv never ran sleep"
+            time.sleep(0.01)
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(5)
         deadline = time.monotonic() + 5
