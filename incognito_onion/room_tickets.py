@@ -52,11 +52,15 @@ class RoomTickets:
         if len(self.secret) < 16:
             raise ValueError("the ticket secret must be at least 16 bytes")
 
+    def _tag(self, message: str) -> str:
+        """The HMAC-SHA256 of ``message`` under the secret, cut to 22 base64url characters."""
+        mac = hmac.new(self.secret, message.encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()[:TICKET_BYTES]).rstrip(b"=").decode()
+
     def issue(self, room_id: str, generation: int = 0) -> str:
-        label = f"restore-room:{generation}:" if generation else "restore-room:"
-        mac = hmac.new(self.secret, (label + room_id).encode(), hashlib.sha256)
-        tag = base64.urlsafe_b64encode(mac.digest()[:TICKET_BYTES]).rstrip(b"=").decode()
-        return f"{generation}.{tag}" if generation else tag
+        if not generation:
+            return self._tag("restore-room:" + room_id)
+        return f"{generation}." + self._tag(f"restore-room:{generation}:{room_id}")
 
     def generation(self, room_id: str, ticket: object) -> int | None:
         """The generation of a valid restore ticket of ``room_id``, else None."""
@@ -71,9 +75,7 @@ class RoomTickets:
         return self.generation(room_id, ticket) is not None
 
     def issue_host(self, room_id: str, epoch: int) -> str:
-        mac = hmac.new(self.secret, f"host:{epoch}:{room_id}".encode(), hashlib.sha256)
-        tag = base64.urlsafe_b64encode(mac.digest()[:TICKET_BYTES]).rstrip(b"=").decode()
-        return f"{epoch}.{tag}"
+        return f"{epoch}." + self._tag(f"host:{epoch}:{room_id}")
 
     def host_epoch(self, room_id: str, ticket: object) -> int | None:
         """The epoch of a valid host ticket of ``room_id``, else None."""

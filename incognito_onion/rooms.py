@@ -163,9 +163,7 @@ class Registry:
                 raise RoomError("server_full", "this server holds as many rooms as it may")
         room = Room(id=room_id or self._fresh_id(), capacity=self.capacity)
         if room_id is not None:
-            room.restored_until = self.clock() + RESTORE_WINDOW
-            room.host_epoch = None
-            room.ticket_gen = ticket
+            reopened(room, self.clock(), ticket)
         self.rooms[room.id] = room
         peer = self._add(room, sid, meta)
         claim_host(room, peer, host_claim)
@@ -274,6 +272,15 @@ def add_peer(room: Room, sid: str, meta: str, node: str = "") -> Peer:
         if room.host_epoch is not None:
             room.host_epoch += 1
     return peer
+
+
+def reopened(room: Room, now: float, ticket: int) -> None:
+    """``room`` is opened again from a restore ticket of generation ``ticket`` (the server
+    restarted under its call): its lock lets such tickets through for RESTORE_WINDOW, and it
+    knows no host epoch, and no ticket generation but the one shown."""
+    room.restored_until = now + RESTORE_WINDOW
+    room.host_epoch = None
+    room.ticket_gen = ticket
 
 
 def claim_host(room: Room, peer: Peer, epoch: int | None) -> bool:

@@ -49,7 +49,6 @@ from typing import Any, TypeVar
 
 from . import ids
 from .rooms import (
-    RESTORE_WINDOW,
     Departure,
     Joined,
     Peer,
@@ -62,6 +61,7 @@ from .rooms import (
     depart,
     expired,
     find_sid,
+    reopened,
     require_host,
     target,
 )
@@ -335,9 +335,7 @@ class SharedRooms:
             room.host_epoch = 0
             room.ticket_gen = 0
             if room_id is not None:
-                room.restored_until = self.clock() + RESTORE_WINDOW
-                room.host_epoch = None
-                room.ticket_gen = ticket
+                reopened(room, self.clock(), ticket)
             peer = add_peer(room, sid, meta, self.node)
             claim_host(room, peer, host_claim)
 
