@@ -68,14 +68,24 @@ def has_binary(data: Any) -> bool:
     early, was a few per cent of the relay's CPU."""
     t = type(data)
     if t is str or t is int or t is float or t is bool or data is None:
-        return False
-    if t is bytes or t is bytearray:
+        return False  # the common leaves, without the isinstance checks below
+    if isinstance(data, (bytes, bytearray)):
         return True
-    if t is list or t is tuple:
+    if isinstance(data, list):
         return any(has_binary(x) for x in data)
-    if t is dict:
+    if isinstance(data, dict):
         return any(has_binary(x) for x in data.values())
-    return isinstance(data, (bytes, bytearray))
+    return False
+
+
+def plain_packet(packet_type: int, data: list, json: Any, id: int | None = None) -> str | None:
+    """The socket.io packet ``packet_type`` (EVENT or ACK) on ``/`` carrying ``data``, as
+    ``socketio.packet.Packet(...).encode()`` gives it, without building the packet and its
+    binary scan; None when ``data`` holds bytes (a binary packet: the library's to build)."""
+    if has_binary(data):
+        return None
+    head = str(packet_type) if id is None else f"{packet_type}{id}"
+    return head + json.dumps(data, separators=(",", ":"))
 
 
 class FastManager(socketio.AsyncManager):
@@ -103,9 +113,10 @@ class FastManager(socketio.AsyncManager):
         if not recipients:
             return
         data = [event, *args]
-        if namespace == "/" and not has_binary(data):
-            # what Packet(EVENT, data=...).encode() gives, without its slow binary scan
-            encoded = ["2" + self.server.packet_class.json.dumps(data, separators=(",", ":"))]
+        plain = (plain_packet(sio_packet.EVENT, data, self.server.packet_class.json)
+                 if namespace == "/" else None)
+        if plain is not None:
+            encoded = [plain]
         else:
             encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace,
                                                data=data).encode()

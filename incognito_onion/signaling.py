@@ -18,7 +18,7 @@ from engineio.async_drivers import aiohttp as _eio_aiohttp
 
 from . import runtime
 from .config import Config
-from .fastpath import FRAME_BUDGET_ATTR, fast_manager
+from .fastpath import FRAME_BUDGET_ATTR, fast_manager, plain_packet
 from .fastpath import websocket_handler as fast_websocket_handler
 from .limits import Throttle, TokenBucket
 from .media_relay import Chunk, RoomRelay, StreamKey
@@ -127,15 +127,7 @@ class GuardedServer(socketio.AsyncServer):
         if inspect.isawaitable(reply):
             reply = await reply
         if m.group(1) is not None:
-            ack_id = int(m.group(1))
-            try:  # the ACK packet as the library encodes it: 3<id>[reply]
-                encoded = f"3{ack_id}" + self.packet_class.json.dumps(
-                    [] if reply is None else [reply], separators=(",", ":"))
-            except TypeError:  # bytes in the reply: the library makes it a binary ack
-                await self._ack(eio_sid, "/", ack_id, reply)
-            else:
-                await self.eio.send_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE,
-                                                                      encoded))
+            await self._ack(eio_sid, "/", int(m.group(1)), reply)
         return True
 
     async def _handle_event(self, eio_sid: str, namespace: Any, id: Any, data: Any) -> None:
@@ -172,9 +164,14 @@ class GuardedServer(socketio.AsyncServer):
             await self._ack(eio_sid, namespace, id, reply)
 
     async def _ack(self, eio_sid: str, namespace: str, id: Any, reply: Any) -> None:
-        await self._send_packet(eio_sid, self.packet_class(
-            socketio.packet.ACK, namespace=namespace, id=id,
-            data=[] if reply is None else [reply]))
+        data = [] if reply is None else [reply]
+        encoded = (plain_packet(socketio.packet.ACK, data, self.packet_class.json, id)
+                   if namespace == "/" else None)
+        if encoded is None:  # another namespace, or bytes in the reply: a binary ack
+            await self._send_packet(eio_sid, self.packet_class(
+                socketio.packet.ACK, namespace=namespace, id=id, data=data))
+        else:
+            await self.eio.send_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE, encoded))
 
     async def _malformed(self, eio_sid: str, message: str, namespace: Any = None,
                          id: Any = None) -> None:

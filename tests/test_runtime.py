@@ -833,6 +833,25 @@ def test_has_binary_matches_the_library(value):
     assert has_binary(value) == socketio.packet.Packet.data_is_binary(value)
 
 
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text() | st.binary(),
+                    lambda kids: st.lists(kids, max_size=4)
+                    | st.dictionaries(st.text(max_size=4), kids, max_size=4), max_leaves=12),
+       st.none() | st.integers(min_value=0, max_value=10**6))
+def test_plain_packets_encode_like_the_library(value, ack_id):
+    from incognito_onion.fastpath import plain_packet
+
+    codec = runtime.json_module()
+    for kind in (socketio.packet.EVENT, socketio.packet.ACK):
+        data = ["ev", value] if kind == socketio.packet.EVENT else [value]
+        got = plain_packet(kind, data, codec, ack_id)
+        packet = socketio.packet.Packet(kind, data=data, id=ack_id)
+        if socketio.packet.Packet.data_is_binary(data):
+            assert got is None
+        else:
+            packet.json = codec
+            assert got == packet.encode()
+
+
 @pytest.mark.parametrize("off", ["", "fastevent", "fastws,fastemit,fastevent"])
 async def test_relay_is_the_same_with_each_fast_path_off(server_factory, off):
     """The real server relays, acks and refuses alike whichever fast paths
