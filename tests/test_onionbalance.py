@@ -20,6 +20,7 @@ client SocksPort to the front address:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -78,6 +79,15 @@ class Balanced:
     @property
     def base(self) -> str:
         return f"http://{self.front}"
+
+    @contextlib.contextmanager
+    def logs_on_failure(self) -> Iterator[None]:
+        """Prints :meth:`logs` when the block fails, and lets the failure through."""
+        try:
+            yield
+        except BaseException:
+            print(self.logs())
+            raise
 
     def logs(self) -> str:
         """What to read when something failed: the daemon, every tor, every server."""
@@ -187,7 +197,7 @@ async def which_backend(peer: Peer, bal: Balanced) -> Backend:
 async def test_the_front_address_lists_both_backends_and_serves_the_page(balanced: Balanced):
     bal = balanced
     socks = bal.net.socks_port
-    try:
+    with bal.logs_on_failure():
         t = time.monotonic()
         status, body, headers = await fetch_via_socks(socks, bal.base + "/", deadline=60,
                                                       attempt=20, fresh_circuits=True,
@@ -216,9 +226,6 @@ async def test_the_front_address_lists_both_backends_and_serves_the_page(balance
         finally:
             await peer.disconnect()
         print(f"first socket.io connection reached {reached.name}; timings: {bal.timings}")
-    except BaseException:
-        print(bal.logs())
-        raise
 
 
 @pytest.mark.faults
@@ -231,7 +238,7 @@ async def test_a_call_comes_back_on_the_other_backend_when_one_machine_dies(
     nothing failing in its log), so the test takes whichever answers rather than waiting
     for a given one."""
     bal = balanced
-    try:
+    with bal.logs_on_failure():
         host = await connect_via_socks(bal.base, bal.net.socks_port, "host", deadline=60)
         try:
             x = await which_backend(host, bal)
@@ -271,6 +278,3 @@ async def test_a_call_comes_back_on_the_other_backend_when_one_machine_dies(
         finally:
             await back.disconnect()
         print(f"failover timings: {bal.timings}")
-    except BaseException:
-        print(bal.logs())
-        raise
