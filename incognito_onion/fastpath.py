@@ -59,6 +59,7 @@ from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
 from socketio import packet as sio_packet
 
+from . import runtime
 from .limits import TokenBucket
 
 
@@ -146,8 +147,6 @@ class FastManager(socketio.AsyncManager):
 def fast_manager() -> FastManager | None:
     """The client manager for a one-process server: :class:`FastManager`, or ``None`` (the
     library's default) when ``INCOGNITO_RUNTIME_OFF`` turns ``fastemit`` off."""
-    from . import runtime
-
     return FastManager() if runtime.enabled("fastemit") else None
 
 
@@ -214,6 +213,36 @@ class _Deadline:
 DIRECT_MAX = 16 * 1024
 
 
+#: direct writes (see :func:`_serve`) while the transport holds less than this unsent; more
+#: (a reader slower than what it is sent) and packets wait on the queue for the writer task,
+#: which waits for aiohttp's flow control
+DIRECT_BUFFERED = 64 * 1024
+
+#: the connections with frames gathered this turn, for the loop they run on
+_flushes: list[Callable[[], None]] = []
+_flush_loop: list[asyncio.AbstractEventLoop] = []
+
+
+def _flush_all() -> None:
+    batch = _flushes[:]
+    _flushes.clear()
+    for flush in batch:
+        with contextlib.suppress(Exception):  # one broken transport is not the others' problem
+            flush()
+
+
+def _flush_soon(flush: Callable[[], None]) -> None:
+    """Runs ``flush`` at the start of the next turn of the loop, with every other connection's
+    (one callback for all of them)."""
+    loop = asyncio.get_running_loop()
+    if not _flush_loop or _flush_loop[0] is not loop:  # another loop (tests): start afresh
+        _flush_loop[:] = [loop]
+        _flushes.clear()
+    if not _flushes:
+        loop.call_soon(_flush_all)
+    _flushes.append(flush)
+
+
 _FRAME = "_incognito_ws_frame"  # a Packet's cached frame: one emit reaches a whole room
 
 
@@ -268,15 +297,41 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     check_ping_timeout = sock.check_ping_timeout
     ping_timeout = server.ping_timeout
 
+    pending: list[bytes] = []  # frames for this turn's one write (see put)
+    gather = runtime.enabled("coalesce")
+
+    def flush() -> None:
+        """Writes the frames ``put`` gathered this turn of the loop, in one write."""
+        if pending:
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            pending.clear()
+            if not transport.is_closing():
+                transport.write(data)
+
     def put(pkt: eio_packet.Packet) -> None:
-        """Writes ``pkt`` now when that keeps the order and cannot wait, else queues it for
-        the writer (the queue is unbounded: never waits either)."""
-        if not writing and transport is not None and queue.empty() \
-                and not transport.get_write_buffer_size() and not transport.is_closing() \
-                and not resp.closed:
+        """Gathers ``pkt`` for this turn's write when that keeps the order and cannot wait,
+        else queues it for the writer (the queue is unbounded: never waits either).
+
+        A write is a syscall (uvloop tries the socket at once); under load a connection is
+        sent several frames per turn of the loop (relays from its room, acks, a ping), so they
+        are joined and written once, by one callback for every connection at the start of the
+        next turn (:func:`_flush_soon`): the delay is the rest of the current turn."""
+        if pending:
             frame = ws_frame(pkt)
             if frame is not None:
-                transport.write(frame)
+                pending.append(frame)
+                return
+            flush()  # a big frame: everything before it first, then the writer's way
+        elif not writing and transport is not None and queue.empty() \
+                and transport.get_write_buffer_size() < DIRECT_BUFFERED \
+                and not transport.is_closing() and not resp.closed:
+            frame = ws_frame(pkt)
+            if frame is not None:
+                if gather:
+                    pending.append(frame)
+                    _flush_soon(flush)
+                else:
+                    transport.write(frame)
                 return
         queue.put_nowait(pkt)
 
@@ -313,6 +368,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
             # the reader's deadline ends a connection whose client went silent
             first = await queue.get()
             queue.task_done()
+            flush()  # gathered before anything queued (put flushes before queueing)
             if first is None:
                 break
             packets = [first]
@@ -414,6 +470,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
         sock.__dict__.pop("schedule_ping", None)
         for timer in ping_timer:
             timer.cancel()
+    flush()
     await queue.put(None)  # unlock the writer so it can exit
     await writer_task
     await sock.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
@@ -433,8 +490,6 @@ async def websocket_handler(handler: Callable[[Any], Any], ws: Any) -> None:
     ``_websocket_handler`` that engine.io gives its WebSocket adapter: through
     :func:`_serve` when this is a connection opened as a WebSocket on a python-engineio 4 socket
     (and ``INCOGNITO_RUNTIME_OFF`` does not name ``fastws``), else the library's own."""
-    from . import runtime
-
     sock = _supported(handler) if runtime.enabled("fastws") else None
     if sock is None:
         await handler(ws)
