@@ -29,7 +29,9 @@ the read timeout kept by one lazily re-armed timer: a frame costs a clock read. 
   connection's writer task per frame; the writer still takes what cannot go straight;
 - a text MESSAGE frame (every socket.io packet) goes to engine.io's ``message`` handler without
   an engine.io ``Packet``, whose decode first tried the text as JSON;
-- engine.io's pings run on a timer per connection, not a task sleeping out each interval.
+- engine.io's pings run on a timer per connection, not a task sleeping out each interval;
+- a frame read while a ping waits for its pong gives the pong ``ping_timeout`` from then (once
+  per ping, as Node's engine.io does): a busy client's pong queues behind its other frames.
 
 What happens on a timeout, a close, a too-large frame, an error is what the library does. One
 addition: a connection that sends frames faster than its budget (``FRAME_BUDGET_ATTR``, set by
@@ -342,6 +344,8 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
         last_ping = sock.last_ping
         if last_ping and time.time() - last_ping > ping_timeout:
             await check_ping_timeout()  # closes the socket, as the library's send does
+            if sock.closed:
+                queue.put_nowait(None)  # and the WebSocket now: the writer closes it
             return
         put(pkt)
 
@@ -350,8 +354,12 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     loop = asyncio.get_running_loop()
     ping_timer: list[asyncio.TimerHandle] = []
 
+    refreshed = False  # the outstanding ping's deadline was moved by a frame (see the loop)
+
     def ping_now() -> None:
+        nonlocal refreshed
         ping_timer.clear()
+        refreshed = False
         if not sock.closing and not sock.closed:
             sock.last_ping = time.time()
             put(eio_packet.Packet(eio_packet.PING))
@@ -426,6 +434,14 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
                 break
             if len(data) > max_size:
                 break  # the library: ValueError('packet is too large'), then the same
+            if not refreshed and sock.last_ping and data != "3":
+                # a frame while a ping waits for its pong: the client is alive, so, like
+                # Node's engine.io (once per ping), the pong is due ping_timeout from now.
+                # Under load the pong queues behind the client's other frames, in the
+                # kernel and in our one-frame-per-turn reads; without this a busy server
+                # dropped busy clients whose pongs were merely late.
+                sock.last_ping = time.time()
+                refreshed = True
             try:
                 if data == "3":  # PONG: AsyncSocket.receive's, without its debug log line
                     schedule_ping()
@@ -451,6 +467,11 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
                 raise
             except Exception:
                 server.logger.exception("Unknown receive error")
+            if sock.closed:
+                # closed by the server meanwhile (a disconnect, a ping timeout found by
+                # engine.io's service task): a client that keeps sending would otherwise hold
+                # the WebSocket open; the library's writer closed it after its queue wait
+                break
             # one frame per turn of the event loop, as the library's task per read gave: a
             # frame already buffered is returned without suspending, so a flooding client's
             # backlog would otherwise be handled in one go while every other connection waits

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import math
@@ -579,6 +580,64 @@ async def test_fast_loop_keeps_a_client_that_answers_pings(fast_server):
     await _until(lambda: any(e == "disconnect" for e, _ in fast_server["events"]), 5)
 
 
+async def _raw_until_ping(ws) -> None:
+    while True:
+        msg = await ws.receive_str(timeout=5)
+        if msg == "2":
+            return
+
+
+async def test_fast_loop_a_frame_while_a_ping_waits_moves_the_pong_deadline(fast_server):
+    """Like Node's engine.io: a client that sends a frame while the server waits for its pong
+    is alive, and gets ping_timeout (1 s here) from that frame for the pong; a late pong then
+    keeps the connection. Without the refresh the ack at 1.3 s after the ping would find the
+    pong overdue and close."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        ws = await _raw_connect(session, fast_server["url"])
+        await _raw_until_ping(ws)
+        loop = asyncio.get_running_loop()
+        t_ping = loop.time()
+        await asyncio.sleep(0.7)
+        await ws.send_str('42["join","R"]')  # no ack asked: nothing is sent back
+        await asyncio.sleep(max(0.0, t_ping + 1.3 - loop.time()))
+        await ws.send_str('421["join","R"]')  # a send to the client: the pong deadline check
+        assert (await ws.receive_str(timeout=5)).startswith("431[")
+        await ws.send_str("3")  # the pong, 1.3 s after the ping
+        await _raw_until_ping(ws)  # the next ping comes: the connection lives on
+        assert [e for e, _ in fast_server["events"]].count("disconnect") == 0
+        await ws.send_str("3")
+        await ws.close()
+
+
+async def test_fast_loop_drops_a_client_that_sends_but_never_pongs(fast_server):
+    """The refresh is once per ping: a client that keeps sending events but never answers a
+    ping is still dropped, ping_timeout after its first frame following the ping."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        ws = await _raw_connect(session, fast_server["url"])
+        await _raw_until_ping(ws)
+        loop = asyncio.get_running_loop()
+        t_ping = loop.time()
+        closed_after = None
+        n = 0
+        while loop.time() - t_ping < 5:
+            n += 1
+            with contextlib.suppress(ConnectionResetError):
+                await ws.send_str(f'42{n}["join","R"]')
+            msg = await ws.receive(timeout=5)
+            if msg.type != aiohttp.WSMsgType.TEXT or msg.data == "1":  # 1: engine.io CLOSE
+                closed_after = loop.time() - t_ping
+                break
+            await asyncio.sleep(0.2)
+        assert closed_after is not None, "never dropped"
+        assert 1.0 < closed_after < 1 + 1 + 0.5
+        await _until(lambda: any(e == "disconnect" for e, _ in fast_server["events"]), 5)
+        await ws.close()
+
+
 async def test_fast_loop_closes_on_a_too_large_frame(fast_server):
     import aiohttp
 
@@ -840,7 +899,7 @@ async def test_fast_loop_with_permessage_deflate(fast_server):
         await ws.send_str("40")
         assert (await ws.receive_str(timeout=5)).startswith("40")
         await ws.send_str('421["join","R"]')
-        assert await ws.receive_str(timeout=5) == '431[{"ok":true}]'
+        assert (await ws.receive_str(timeout=5)).startswith("431[")
         for i in range(20):
             await ws.send_str(f'42{i + 2}["message",{{"room":"R","n":{i}}}]')
             assert await ws.receive_str(timeout=5) == f'43{i + 2}[{{"ok":true}}]'
