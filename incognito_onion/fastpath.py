@@ -46,6 +46,7 @@ library's packet objects) this took the server's CPU at 1000 relaying clients fr
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib.metadata
 import inspect
@@ -72,12 +73,24 @@ def has_binary(data: Any) -> bool:
     t = type(data)
     if t is str or t is int or t is float or t is bool or data is None:
         return False  # the common leaves, without the isinstance checks below
-    if isinstance(data, (bytes, bytearray)):
+    if t is dict:
+        items = data.values()
+    elif t is list:
+        items = data
+    elif isinstance(data, (bytes, bytearray)):
         return True
-    if isinstance(data, list):
-        return any(has_binary(x) for x in data)
-    if isinstance(data, dict):
-        return any(has_binary(x) for x in data.values())
+    elif isinstance(data, list):
+        items = data
+    elif isinstance(data, dict):
+        items = data.values()
+    else:
+        return False
+    for x in items:  # a loop, not any() over a generator: a relayed event is a dict of str
+        t = type(x)
+        if t is str or t is int or t is float or t is bool or x is None:
+            continue
+        if has_binary(x):
+            return True
     return False
 
 
@@ -269,6 +282,14 @@ def ws_frame(pkt: eio_packet.Packet) -> bytes | None:
     return frame
 
 
+def received_frames(resp: Any) -> Any:
+    """The deque of frames aiohttp has received for ``resp`` (a prepared WebSocketResponse)
+    and not yet handed out, or None where aiohttp keeps them elsewhere (another version):
+    empty means the next ``receive()`` suspends."""
+    buffer = getattr(getattr(resp, "_reader", None), "_buffer", None)
+    return buffer if isinstance(buffer, collections.deque) else None
+
+
 async def _serve(sock: AsyncSocket, ws: Any) -> None:
     """``AsyncSocket._websocket_handler`` for a connection that opened as a WebSocket.
 
@@ -299,6 +320,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     check_ping_timeout = sock.check_ping_timeout
     ping_timeout = server.ping_timeout
 
+    received = received_frames(resp)
     pending: list[bytes] = []  # frames for this turn's one write (see put)
     gather = runtime.enabled("coalesce")
 
@@ -480,10 +502,12 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
             # its budget waits LOW_PRIORITY_TURNS turns: the loop then serves the connections
             # within theirs (honest ones) first, and the flood's frames wait in the kernel's
             # buffers, which cost nothing.
+            # Nothing received yet (most frames, below saturation): the next read suspends
+            # and gives everyone else their turn anyway, so no extra turn.
             if budget is not None and not budget.allow():
                 for _ in range(LOW_PRIORITY_TURNS):
                     await asyncio.sleep(0)
-            else:
+            elif received is None or received:
                 await asyncio.sleep(0)
     finally:
         deadline.cancel()

@@ -638,6 +638,30 @@ async def test_fast_loop_drops_a_client_that_sends_but_never_pongs(fast_server):
         await ws.close()
 
 
+async def test_fast_loop_sees_aiohttp_s_received_frames(fast_server, monkeypatch):
+    """The loop skips its extra turn per frame only when it can see aiohttp's queue of
+    received frames (empty: the next read suspends anyway); a new aiohttp that keeps them
+    elsewhere would quietly cost a turn per frame again, so this checks it is found."""
+    from incognito_onion import fastpath
+
+    seen = []
+    real = fastpath.received_frames
+
+    def spy(resp):
+        buf = real(resp)
+        seen.append(buf)
+        return buf
+
+    monkeypatch.setattr(fastpath, "received_frames", spy)
+    c = socketio.AsyncClient(reconnection=False)
+    await c.connect(fast_server["url"], transports=["websocket"])
+    try:
+        assert await c.call("join", "R", timeout=5) == {"ok": True}
+        assert len(seen) == 1 and seen[0] is not None and len(seen[0]) == 0
+    finally:
+        await c.disconnect()
+
+
 async def test_fast_loop_closes_on_a_too_large_frame(fast_server):
     import aiohttp
 
