@@ -124,8 +124,14 @@ class FastManager(socketio.AsyncManager):
         else:
             args = []
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
-        recipients = [eio_sid for sid, eio_sid in self.get_participants(namespace, room)
-                      if sid not in skip]
+        if type(room) is str:
+            # get_participants without its copy and generator: the list is built at once
+            members = self.rooms.get(namespace, {}).get(room)
+            members = getattr(members, "_fwdm", members) or {}  # bidict's plain dict
+            recipients = [eio_sid for sid, eio_sid in members.items() if sid not in skip]
+        else:
+            recipients = [eio_sid for sid, eio_sid in self.get_participants(namespace, room)
+                          if sid not in skip]
         if not recipients:
             return
         data = [event, *args]
@@ -246,10 +252,10 @@ def _flush_all() -> None:
             flush()
 
 
-def _flush_soon(flush: Callable[[], None]) -> None:
-    """Runs ``flush`` at the start of the next turn of the loop, with every other connection's
-    (one callback for all of them)."""
-    loop = asyncio.get_running_loop()
+def _flush_soon(flush: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
+    """Runs ``flush`` at the start of the next turn of ``loop`` (the running one: passed in,
+    because ``asyncio.get_running_loop()`` costs a getpid() per call), with every other
+    connection's (one callback for all of them)."""
     if not _flush_loop or _flush_loop[0] is not loop:  # another loop (tests): start afresh
         _flush_loop[:] = [loop]
         _flushes.clear()
@@ -321,6 +327,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     ping_timeout = server.ping_timeout
 
     received = received_frames(resp)
+    loop = asyncio.get_running_loop()
     pending: list[bytes] = []  # frames for this turn's one write (see put)
     gather = runtime.enabled("coalesce")
 
@@ -353,7 +360,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
             if frame is not None:
                 if gather:
                     pending.append(frame)
-                    _flush_soon(flush)
+                    _flush_soon(flush, loop)
                 else:
                     transport.write(frame)
                 return
@@ -373,7 +380,6 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
 
     # engine.io's pings (AsyncSocket.schedule_ping/_send_ping): the same schedule, a timer
     # instead of a task sleeping out the interval, per ping of every connection
-    loop = asyncio.get_running_loop()
     ping_timer: list[asyncio.TimerHandle] = []
 
     refreshed = False  # the outstanding ping's deadline was moved by a frame (see the loop)

@@ -171,7 +171,12 @@ class GuardedServer(socketio.AsyncServer):
             await self._send_packet(eio_sid, self.packet_class(
                 socketio.packet.ACK, namespace=namespace, id=id, data=data))
         else:
-            await self.eio.send_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE, encoded))
+            pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+            sock = self.eio.sockets.get(eio_sid)
+            if sock is None or sock.closed:
+                await self.eio.send_packet(eio_sid, pkt)  # gone: the library's path says so
+            else:
+                await sock.send(pkt)  # send_packet less its lookup and call
 
     async def _malformed(self, eio_sid: str, message: str, namespace: Any = None,
                          id: Any = None) -> None:
