@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import contextvars
 import importlib.metadata
 import inspect
 import struct
@@ -186,14 +185,6 @@ def _engineio_version() -> str:
 FRAME_BUDGET_ATTR = "incognito_frame_budget"
 #: turns of the event loop a connection over its frame budget waits before its next frame
 LOW_PRIORITY_TURNS = 8
-
-#: for the frame being handled: since when (``time.monotonic()``) its connection has had
-#: further frames waiting in aiohttp after every frame read, i.e. has been sending faster than
-#: the server reads it (one frame per turn); 0.0 when it has not. ``Signaling`` refuses the
-#: events of a connection that has stayed behind too long (``limits.busy_after_seconds``).
-#: Set in the connection's task, so whatever handles the frame sees its own connection's.
-READ_BEHIND: contextvars.ContextVar[float] = contextvars.ContextVar("incognito_read_behind",
-                                                                      default=0.0)
 
 # python-engineio 4 (checked against 4.15's AsyncSocket._websocket_handler); any other major
 # version: the library's own loop
@@ -336,7 +327,6 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     ping_timeout = server.ping_timeout
 
     received = received_frames(resp)
-    behind = 0.0  # see READ_BEHIND
     loop = asyncio.get_running_loop()
     pending: list[bytes] = []  # frames for this turn's one write (see put)
     gather = runtime.enabled("coalesce")
@@ -470,13 +460,6 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
                 deadline.end()
             if data is None:  # connection closed by the client
                 break
-            if received:  # more frames wait behind this one: behind since the first such
-                if not behind:
-                    behind = time.monotonic()
-                    READ_BEHIND.set(behind)
-            elif behind:
-                behind = 0.0
-                READ_BEHIND.set(0.0)
             if len(data) > max_size:
                 break  # the library: ValueError('packet is too large'), then the same
             if not refreshed and sock.last_ping and data != "3":

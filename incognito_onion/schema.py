@@ -85,9 +85,6 @@ SETTINGS: tuple[Setting, ...] = (
        min=1, max=100_000),
     _s("limits.event_burst", "int", 200, "events a connection may send in a burst above the rate",
        min=1, max=1_000_000),
-    _s("limits.busy_after_seconds", "float", 1.0,
-       "a connection whose events have queued unread this long (it sends faster than the "
-       "server can take) gets them refused as busy until it catches up", min=0.01, max=3600),
     _s("limits.failed_joins_per_minute", "int", 10,
        "joins of rooms that do not exist one connection may try per minute (room ids cannot "
        "be guessed)", min=1, max=100_000),

@@ -7,7 +7,6 @@ import functools
 import inspect
 import logging
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from engineio.async_drivers import aiohttp as _eio_aiohttp
 
 from . import runtime
 from .config import Config
-from .fastpath import FRAME_BUDGET_ATTR, READ_BEHIND, fast_manager, plain_packet
+from .fastpath import FRAME_BUDGET_ATTR, fast_manager, plain_packet
 from .fastpath import websocket_handler as fast_websocket_handler
 from .limits import Throttle, TokenBucket
 from .media_relay import Chunk, RoomRelay, StreamKey
@@ -224,7 +223,6 @@ class Signaling:
         self.rooms = rooms if rooms is not None else LocalRooms(self.registry)
         self.shared = bool(getattr(self.rooms, "shared", False))
         self.max_bytes: int = cfg.limits.max_payload_bytes
-        self.busy_after: float = cfg.limits.busy_after_seconds
         self.media = {"uploadKbps": cfg.media.upload_kbps,
                       "minVideoKbps": cfg.media.min_video_kbps}
         self.max_chunk: int = cfg.media.relay_max_chunk_bytes
@@ -325,15 +323,12 @@ class Signaling:
             if conn is None:
                 raise RoomError("not_in_room", "not connected")
             if not conn.bucket.allow():
-                return await self._shed(sid, conn, name, "rate_limited",
-                                        "too many events; slow down")
-            behind = READ_BEHIND.get()
-            if behind and name != "leave" and time.monotonic() - behind >= self.busy_after:
-                # this connection sends faster than the server gets through (load shedding):
-                # refused cheaply, its backlog drains, its pongs get read; relayed, the queue
-                # would grow until every client timed out
-                return await self._shed(sid, conn, name, "busy",
-                                        "the server is overloaded; try again in a moment")
+                if conn.throttle.ready():
+                    err = {"code": "rate_limited", "event": name,
+                           "message": "too many events; slow down"}
+                    await self.sio.emit("error", err, to=sid)
+                return {"ok": False, "error": {"code": "rate_limited", "event": name,
+                                               "message": "too many events; slow down"}}
             event, fields = parse(event, args, self.max_bytes, self.max_chunk)
             reply = await self._handlers[event](sid, event, fields)
             return {"ok": True, **reply}
@@ -342,15 +337,6 @@ class Signaling:
         except Exception:
             log.exception("bug while handling an event")
             return await self._refuse(sid, name, "internal", "the server hit a bug")
-
-    async def _shed(self, sid: str, conn: _Conn, event: str, code: str,
-                    message: str) -> dict[str, Any]:
-        """An event dropped for load (``rate_limited``, ``busy``): refused in its ack, the
-        ``error`` event at most once a second, so the refusals do not become a flood back."""
-        err = {"code": code, "message": message, "event": event}
-        if conn.throttle.ready():
-            await self.sio.emit("error", err, to=sid)
-        return {"ok": False, "error": err}
 
     async def _refuse(self, sid: str, event: str, code: str, message: str) -> dict[str, Any]:
         err = {"code": code, "message": message, "event": event}

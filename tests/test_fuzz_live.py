@@ -43,7 +43,7 @@ SERVER_ENV = {
 KNOWN_CODES = {
     "bad_request", "payload_too_large", "rate_limited", "unknown_event", "room_not_found",
     "room_full", "room_locked", "not_in_room", "already_in_room", "peer_not_found", "not_host",
-    "too_many_rooms", "server_full", "busy",
+    "too_many_rooms", "server_full",
 }
 EVENTS = ["create", "join", "message", "connection", "connection/shareScreen",
           "connection/unshareScreen", "leave", "lock", "remove", "ice"]

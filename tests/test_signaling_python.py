@@ -35,7 +35,7 @@ RESUME_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
 KNOWN_CODES = {
     "bad_request", "payload_too_large", "rate_limited", "unknown_event", "room_not_found",
     "room_full", "room_locked", "not_in_room", "already_in_room", "peer_not_found", "not_host",
-    "too_many_rooms", "server_full", "internal", "busy",
+    "too_many_rooms", "server_full", "internal",
 }
 
 
@@ -941,65 +941,3 @@ async def test_event_on_a_namespace_the_connection_is_not_in_closes_it(
             assert not (isinstance(frame, str) and frame.startswith("43990")), frame
     ev = await a.next("left", peer=me, timeout=5)
     assert ev["reason"] == "disconnected", ev
-
-
-@pytest.mark.server_env({
-    "INCOGNITO_LIMITS_EVENTS_PER_SECOND": "100000",
-    "INCOGNITO_LIMITS_EVENT_BURST": "1000000",
-    "INCOGNITO_LIMITS_BUSY_AFTER_SECONDS": "0.05",
-})
-async def test_busy_sheds_a_connection_that_sends_faster_than_the_server_reads(
-        live_server: LiveServer):
-    """Load shedding: a connection whose frames keep queuing unread (it sends faster than the
-    server gets through them, one frame per turn) has its events refused as ``busy`` once it
-    has been behind for ``limits.busy_after_seconds``, and is not dropped; what passed was
-    relayed; a connection that keeps up (another room) is never refused; once the flooder
-    has caught up its events pass again."""
-    import json as _json
-
-    b = Peer(live_server.base, "B")
-    c = Peer(live_server.base, "C")
-    d = Peer(live_server.base, "D")
-    for p in (b, c, d):
-        await p.connect()
-    try:
-        room = (await b.create())["room"]
-        other = (await c.create())["room"]
-        await d.join(other)
-        async with RawSocketIO(live_server) as a:
-            await a.handshake()
-            assert (await a.call("join", {"room": room}))["ok"] is True
-            n = 6000
-            # every frame written at once (the client is faster than the server's relay)
-            for i in range(n):
-                await a.ws.send_str(f"42{1000 + i}" + _json.dumps(
-                    ["message", {"room": room, "data": f"m{i}"}]))
-            acks: dict[int, dict] = {}
-            calm: list[object] = []
-            while len(acks) < n:
-                if len(acks) in (n // 4, n // 2) and len(calm) < 2:
-                    # meanwhile, another room's peer is served, never refused
-                    calm.append(await c.call("message", {"room": other, "data": "calm"}))
-                frame = await a.recv(timeout=20)
-                assert frame is not None, "the flooder was dropped"
-                if isinstance(frame, str) and frame.startswith("43"):
-                    i = int(frame[2:frame.index("[")]) - 1000
-                    acks[i] = _json.loads(frame[frame.index("["):])[0]
-            busy = [i for i, x in acks.items() if x.get("ok") is False]
-            passed = [i for i, x in acks.items() if x == {"ok": True}]
-            assert len(busy) + len(passed) == n, acks
-            assert busy, "nothing refused: the server kept up with the flood?"
-            assert all(acks[i]["error"]["code"] == "busy" for i in busy)
-            assert passed and min(passed) < min(busy), "the first frames are not refused"
-            assert calm == [{"ok": True}] * len(calm) and calm
-            # caught up: events pass again, and were relayed exactly when they passed
-            assert (await a.call("message", {"room": room, "data": "later"}))["ok"] is True
-            await b.next("message", data="later", timeout=10)
-            relayed = [m["data"] for m in b.seen("message")]
-            assert relayed == [f"m{i}" for i in sorted(passed)] + ["later"]
-            errors = [f for f in a.frames if isinstance(f, str) and f.startswith('42["error"')]
-            assert errors and all('"busy"' in f for f in errors)
-            assert len(errors) <= 20  # at most one a second
-    finally:
-        for p in (b, c, d):
-            await p.disconnect()

@@ -187,7 +187,6 @@ function makeSignaling() {
   sig.addEventListener('server-error', (e) => {
     const d = /** @type {CustomEvent} */ (e).detail;
     if (d.code === 'rate_limited') setNotice('rate', 'info', 'Slow down: the server dropped some messages.', 5000);
-    if (d.code === 'busy') setNotice('rate', 'info', 'The server is overloaded: some messages did not go through.', 5000);
   });
   return sig;
 }

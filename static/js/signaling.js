@@ -67,7 +67,6 @@ export const ERROR_TEXT = /** @type {Record<string, string>} */ ({
   room_locked: 'The host has locked this room: nobody new can join until they unlock it.',
   server_full: 'The server is busy: too many rooms or connections. Try again in a while.',
   rate_limited: 'Too many messages too fast; some were dropped.',
-  busy: 'The server is overloaded right now; some messages did not go through. Try again in a moment.',
   payload_too_large: 'That message is too large to send.',
   timeout: 'The server did not answer in time. Check your connection (or Tor) and try again.',
   not_host: 'Only the host can do that.',
