@@ -185,6 +185,15 @@ def _engineio_version() -> str:
 FRAME_BUDGET_ATTR = "incognito_frame_budget"
 #: turns of the event loop a connection over its frame budget waits before its next frame
 LOW_PRIORITY_TURNS = 8
+#: frames of one connection (within its budget) handled in a row before the others get a
+#: turn, when more are already received (INCOGNITO_RUNTIME_OFF=batchread: one)
+FRAMES_PER_TURN = 16
+#: frames handled in a row are for a connection under this fraction (1/N) of its frame budget,
+#: earned at that rate from an empty start: a connection that bursts as soon as it opens (many
+#: at once made one turn long: test_attack's 100 bursting clients, each FRAMES_PER_TURN in a
+#: row, took the honest p99 to ~50-70 ms) has none, one that has kept to a modest rate a while
+#: gets up to FRAMES_PER_TURN
+BATCH_RATE_DIVISOR = 4
 
 # python-engineio 4 (checked against 4.15's AsyncSocket._websocket_handler); any other major
 # version: the library's own loop
@@ -317,6 +326,13 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     queue = sock.queue
     rate_burst = getattr(server, FRAME_BUDGET_ATTR, None)
     budget = TokenBucket(*rate_burst) if rate_burst else None
+    # frames in a row only for a connection at a modest rate, which is behind because the
+    # whole server is busy (many such connections), not because it floods: a flood gets one
+    # frame per turn well before it runs out of its budget
+    batch = (TokenBucket(rate_burst[0] / BATCH_RATE_DIVISOR, FRAMES_PER_TURN)
+             if rate_burst else None)
+    if batch is not None:
+        batch.tokens = 0.0  # earned, not granted: see BATCH_RATE_DIVISOR
     request = getattr(ws, "environ", {}).get("aiohttp.request")
     transport = getattr(request, "transport", None)
     resp = getattr(ws, "_sock", None)  # the aiohttp WebSocketResponse engine.io's adapter holds
@@ -327,6 +343,8 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     ping_timeout = server.ping_timeout
 
     received = received_frames(resp)
+    per_turn = FRAMES_PER_TURN if runtime.enabled("batchread") else 1
+    in_a_row = 0  # frames handled since this connection last let the others have a turn
     loop = asyncio.get_running_loop()
     pending: list[bytes] = []  # frames for this turn's one write (see put)
     gather = runtime.enabled("coalesce")
@@ -500,21 +518,32 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
                 # engine.io's service task): a client that keeps sending would otherwise hold
                 # the WebSocket open; the library's writer closed it after its queue wait
                 break
-            # one frame per turn of the event loop, as the library's task per read gave: a
-            # frame already buffered is returned without suspending, so a flooding client's
-            # backlog would otherwise be handled in one go while every other connection waits
-            # (handling a connection's burst in a row instead took the honest p99 under
-            # test_attack's floods from ~9 ms to 120-380 ms). A connection sending faster than
-            # its budget waits LOW_PRIORITY_TURNS turns: the loop then serves the connections
-            # within theirs (honest ones) first, and the flood's frames wait in the kernel's
-            # buffers, which cost nothing.
-            # Nothing received yet (most frames, below saturation): the next read suspends
-            # and gives everyone else their turn anyway, so no extra turn.
+            # At most FRAMES_PER_TURN frames per turn of the event loop: a frame already
+            # buffered is returned without suspending, so a flooding client's backlog would
+            # otherwise be handled in one go while every other connection waits (handling a
+            # connection's whole burst in a row took the honest p99 under test_attack's floods
+            # from ~9 ms to 120-380 ms); one per turn, as the library's task per read gave,
+            # made every frame of a busy connection pay a turn (a task step through the whole
+            # request's coroutine stack), the largest cost per frame at saturation once writes
+            # were coalesced. A connection sending faster than its budget waits
+            # LOW_PRIORITY_TURNS turns: the loop then serves the connections within theirs
+            # (honest ones) first, and the flood's frames wait in the kernel's buffers, which
+            # cost nothing. Nothing received yet (most frames, below saturation): the next read
+            # suspends and gives everyone else their turn anyway, so no extra turn.
             if budget is not None and not budget.allow():
+                in_a_row = 0
                 for _ in range(LOW_PRIORITY_TURNS):
                     await asyncio.sleep(0)
-            elif received is None or received:
+            elif received is None:
                 await asyncio.sleep(0)
+            elif received:
+                if batch is not None and in_a_row < per_turn - 1 and batch.allow():
+                    in_a_row += 1  # the next one in this turn
+                else:
+                    in_a_row = 0
+                    await asyncio.sleep(0)
+            else:
+                in_a_row = 0
     finally:
         deadline.cancel()
         sock.__dict__.pop("send", None)  # the library's send (the queue) from here on

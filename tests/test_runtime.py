@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import json
@@ -715,6 +716,62 @@ async def test_fast_loop_takes_one_frame_per_turn_of_the_event_loop(fast_server)
             await ws.close()
     finally:
         await honest.disconnect()
+
+
+@pytest.mark.parametrize("mode", ["earned", "fresh", "off"])
+async def test_fast_loop_handles_a_modest_connection_s_buffered_frames_in_a_row(
+        fast_server, monkeypatch, mode):
+    """With a frame budget (Signaling sets one), frames already received for a connection that
+    has kept to a modest rate are handled up to FRAMES_PER_TURN in a row (a turn per frame was
+    the largest cost per frame at saturation); a connection that bursts as soon as it opens
+    has earned no such right (one frame per turn, as the library's task per read gave);
+    INCOGNITO_RUNTIME_OFF=batchread: one per turn always. Measured with a counter that a
+    callback bumps once per loop turn."""
+    import aiohttp
+
+    from incognito_onion import fastpath
+
+    if mode == "off":
+        monkeypatch.setenv(OFF, "batchread")
+    sio = fast_server["sio"]
+    setattr(sio.eio, fastpath.FRAME_BUDGET_ATTR, (201, 800))  # Signaling's at the defaults
+    n = 120
+    turns_at: list[int] = []
+
+    @sio.on("noop")
+    async def noop(sid, *args):
+        turns_at.append(ticks[0])
+
+    loop = asyncio.get_running_loop()
+    ticks = [0]
+    running = [True]
+
+    def tick():
+        ticks[0] += 1
+        if running[0]:
+            loop.call_soon(tick)
+
+    async with aiohttp.ClientSession() as session:
+        ws = await _raw_connect(session, fast_server["url"])
+        if mode != "fresh":
+            await asyncio.sleep(0.5)  # quiet: the right to frames in a row is earned
+        tick()
+        try:
+            for _ in range(n):  # written at once, before the server's next turn
+                await ws.send_str('42["noop",{}]')
+            await _until(lambda: len(turns_at) == n, 10)
+        finally:
+            running[0] = False
+        await ws.close()
+    runs = sorted(collections.Counter(turns_at).values(), reverse=True)
+    extra = sum(r - 1 for r in runs)  # frames handled in a turn after that turn's first
+    assert max(runs) <= fastpath.FRAMES_PER_TURN, runs
+    if mode == "earned":  # the right earned in the quiet half second: FRAMES_PER_TURN
+        assert fastpath.FRAMES_PER_TURN - 1 <= extra <= fastpath.FRAMES_PER_TURN + 3, runs
+    elif mode == "fresh":  # only what it earns (50/s) while its frames are worked off
+        assert extra <= 3, runs
+    else:
+        assert extra == 0, runs
 
 
 async def test_fast_loop_reads_a_connection_over_its_budget_at_low_priority(fast_server):
