@@ -194,6 +194,10 @@ FRAMES_PER_TURN = 16
 #: row, took the honest p99 to ~50-70 ms) has none, one that has kept to a modest rate a while
 #: gets up to FRAMES_PER_TURN
 BATCH_RATE_DIVISOR = 4
+#: nor for a connection with more than this many frames received and waiting: a burst sent
+#: at once (many clients bursting together made every turn long) rather than a connection at
+#: its own pace that fell behind a busy server
+BATCH_MAX_BACKLOG = 2 * FRAMES_PER_TURN
 
 # python-engineio 4 (checked against 4.15's AsyncSocket._websocket_handler); any other major
 # version: the library's own loop
@@ -530,6 +534,10 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
             # (honest ones) first, and the flood's frames wait in the kernel's buffers, which
             # cost nothing. Nothing received yet (most frames, below saturation): the next read
             # suspends and gives everyone else their turn anyway, so no extra turn.
+            # every frame read spends the right to frames in a row: a connection read faster
+            # than BATCH_RATE_DIVISOR allows (a backlog of a burst or a flood worked off one
+            # per turn) runs out of it, one behind at its modest own pace keeps it
+            earned = batch is not None and batch.allow()
             if budget is not None and not budget.allow():
                 in_a_row = 0
                 for _ in range(LOW_PRIORITY_TURNS):
@@ -537,7 +545,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
             elif received is None:
                 await asyncio.sleep(0)
             elif received:
-                if batch is not None and in_a_row < per_turn - 1 and batch.allow():
+                if earned and in_a_row < per_turn - 1 and len(received) <= BATCH_MAX_BACKLOG:
                     in_a_row += 1  # the next one in this turn
                 else:
                     in_a_row = 0

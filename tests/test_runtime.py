@@ -725,8 +725,9 @@ async def test_fast_loop_handles_a_modest_connection_s_buffered_frames_in_a_row(
     has kept to a modest rate are handled up to FRAMES_PER_TURN in a row (a turn per frame was
     the largest cost per frame at saturation); a connection that bursts as soon as it opens
     has earned no such right (one frame per turn, as the library's task per read gave);
-    INCOGNITO_RUNTIME_OFF=batchread: one per turn always. Measured with a counter that a
-    callback bumps once per loop turn."""
+    INCOGNITO_RUNTIME_OFF=batchread: one per turn always. (A backlog deeper than
+    BATCH_MAX_BACKLOG, a burst sent at once, gets none either: test_attack's bursts.)
+    Measured with a counter that a callback bumps once per loop turn."""
     import aiohttp
 
     from incognito_onion import fastpath
@@ -735,7 +736,7 @@ async def test_fast_loop_handles_a_modest_connection_s_buffered_frames_in_a_row(
         monkeypatch.setenv(OFF, "batchread")
     sio = fast_server["sio"]
     setattr(sio.eio, fastpath.FRAME_BUDGET_ATTR, (201, 800))  # Signaling's at the defaults
-    n = 120
+    n = fastpath.BATCH_MAX_BACKLOG - 2  # a shallow backlog (a deeper one: no frames in a row)
     turns_at: list[int] = []
 
     @sio.on("noop")
