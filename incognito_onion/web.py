@@ -11,9 +11,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .limits import TurnGate
 from .signaling import Signaling
 
 log = logging.getLogger("incognito_onion.web")
+
+#: new socket.io sessions started per turn of the event loop (limits.TurnGate)
+HANDSHAKES_PER_TURN = 4
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -88,13 +92,16 @@ def _session_rate(signaling: Signaling):
     ``limits.connects_per_second`` gets 503 with Retry-After, before any session state exists;
     socket.io clients take that as a failed attempt and retry with their back-off."""
 
+    gate = TurnGate(HANDSHAKES_PER_TURN)
+
     @web.middleware
     async def middleware(request: web.Request, handler):
-        if request.path.startswith("/socket.io/") and "sid" not in request.query \
-                and not signaling.admit_session():
-            raise web.HTTPServiceUnavailable(
-                text="server busy: too many new connections, retry in a moment\n",
-                headers={"Retry-After": "1"})
+        if request.path.startswith("/socket.io/") and "sid" not in request.query:
+            if not signaling.admit_session():
+                raise web.HTTPServiceUnavailable(
+                    text="server busy: too many new connections, retry in a moment\n",
+                    headers={"Retry-After": "1"})
+            await gate.wait()  # a storm of handshakes spread over turns of the loop
         return await handler(request)
 
     return middleware
