@@ -81,18 +81,12 @@ def has_binary(data: Any) -> bool:
     t = type(data)
     if t is str or t is int or t is float or t is bool or data is None:
         return False  # the common leaves, without the isinstance checks below
-    if t is dict:
+    if isinstance(data, dict):
         items = data.values()
-    elif t is list:
-        items = data
-    elif isinstance(data, (bytes, bytearray)):
-        return True
     elif isinstance(data, list):
         items = data
-    elif isinstance(data, dict):
-        items = data.values()
     else:
-        return False
+        return isinstance(data, (bytes, bytearray))
     for x in items:  # a loop, not any() over a generator: a relayed event is a dict of str
         t = type(x)
         if t is str or t is int or t is float or t is bool or x is None:
@@ -309,7 +303,7 @@ def ws_frame(pkt: eio_packet.Packet) -> bytes | None:
     return frame
 
 
-def received_frames(resp: Any) -> Any:
+def received_frames(resp: Any) -> collections.deque[Any] | None:
     """The deque of frames aiohttp has received for ``resp`` (a prepared WebSocketResponse)
     and not yet handed out, or None where aiohttp keeps them elsewhere (another version):
     empty means the next ``receive()`` suspends."""
@@ -338,13 +332,13 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     queue = sock.queue
     rate_burst = getattr(server, FRAME_BUDGET_ATTR, None)
     budget = TokenBucket(*rate_burst) if rate_burst else None
+    per_turn = FRAMES_PER_TURN if runtime.enabled("batchread") else 1
     # frames in a row only for a connection at a modest rate, which is behind because the
     # whole server is busy (many such connections), not because it floods: a flood gets one
-    # frame per turn well before it runs out of its budget
-    batch = (TokenBucket(rate_burst[0] / BATCH_RATE_DIVISOR, FRAMES_PER_TURN)
-             if rate_burst else None)
-    if batch is not None:
-        batch.tokens = 0.0  # earned, not granted: see BATCH_RATE_DIVISOR
+    # frame per turn well before it runs out of its budget; earned, not granted (see
+    # BATCH_RATE_DIVISOR)
+    batch = (TokenBucket(rate_burst[0] / BATCH_RATE_DIVISOR, FRAMES_PER_TURN, empty=True)
+             if rate_burst and per_turn > 1 else None)
     request = getattr(ws, "environ", {}).get("aiohttp.request")
     transport = getattr(request, "transport", None)
     resp = getattr(ws, "_sock", None)  # the aiohttp WebSocketResponse engine.io's adapter holds
@@ -355,7 +349,6 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     ping_timeout = server.ping_timeout
 
     received = received_frames(resp)
-    per_turn = FRAMES_PER_TURN if runtime.enabled("batchread") else 1
     in_a_row = 0  # frames handled since this connection last let the others have a turn
     loop = asyncio.get_running_loop()
     pending: list[bytes] = []  # frames for this turn's one write (see put)
@@ -542,9 +535,10 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
             # (honest ones) first, and the flood's frames wait in the kernel's buffers, which
             # cost nothing. Nothing received yet (most frames, below saturation): the next read
             # suspends and gives everyone else their turn anyway, so no extra turn.
-            # every frame read spends the right to frames in a row: a connection read faster
+            #
+            # Every frame read spends the right to frames in a row: a connection read faster
             # than BATCH_RATE_DIVISOR allows (a backlog of a burst or a flood worked off one
-            # per turn) runs out of it, one behind at its modest own pace keeps it
+            # per turn) runs out of it, one behind at its modest own pace keeps it.
             earned = batch is not None and batch.allow()
             if budget is not None and not budget.allow():
                 in_a_row = 0

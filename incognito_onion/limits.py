@@ -1,5 +1,6 @@
 """Per-connection rate limiting: a token bucket, and a throttle so the `rate_limited` error
-itself cannot become a flood back to the client."""
+itself cannot become a flood back to the client; and a gate spreading a burst of work over
+turns of the event loop."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ from collections.abc import Callable
 
 
 class TokenBucket:
-    """``rate`` events per second sustained, ``burst`` at once."""
+    """``rate`` events per second sustained, ``burst`` at once; ``empty``: the burst is
+    earned at ``rate`` from a start with none, rather than granted."""
 
     __slots__ = ("rate", "burst", "tokens", "stamp", "clock")
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic,
+                 *, empty: bool = False):
         self.rate = rate
         self.burst = float(burst)
-        self.tokens = float(burst)
+        self.tokens = 0.0 if empty else float(burst)
         self.clock = clock
         self.stamp = clock()
 

@@ -35,28 +35,17 @@ async def test_turn_gate_lets_per_turn_through_each_turn_of_the_loop():
     import collections
 
     from incognito_onion.limits import TurnGate
-
-    loop = asyncio.get_running_loop()
-    ticks = [0]
-    running = [True]
-
-    def tick():
-        ticks[0] += 1
-        if running[0]:
-            loop.call_soon(tick)
+    from tests.support.loop_turns import LoopTurns
 
     gate = TurnGate(4)
     passed_at: list[int] = []
 
     async def one():
         await gate.wait()
-        passed_at.append(ticks[0])
+        passed_at.append(turns.n)
 
-    tick()
-    try:
+    with LoopTurns() as turns:
         await asyncio.wait_for(asyncio.gather(*(one() for _ in range(20))), 5)
-    finally:
-        running[0] = False
     per_turn = collections.Counter(passed_at)
     assert len(passed_at) == 20
     assert max(per_turn.values()) == 4 and len(per_turn) == 5, per_turn

@@ -731,6 +731,7 @@ async def test_fast_loop_handles_a_modest_connection_s_buffered_frames_in_a_row(
     import aiohttp
 
     from incognito_onion import fastpath
+    from tests.support.loop_turns import LoopTurns
 
     if mode == "off":
         monkeypatch.setenv(OFF, "batchread")
@@ -738,31 +739,20 @@ async def test_fast_loop_handles_a_modest_connection_s_buffered_frames_in_a_row(
     setattr(sio.eio, fastpath.FRAME_BUDGET_ATTR, (201, 800))  # Signaling's at the defaults
     n = fastpath.BATCH_MAX_BACKLOG - 2  # a shallow backlog (a deeper one: no frames in a row)
     turns_at: list[int] = []
+    turns = LoopTurns()
 
     @sio.on("noop")
     async def noop(sid, *args):
-        turns_at.append(ticks[0])
-
-    loop = asyncio.get_running_loop()
-    ticks = [0]
-    running = [True]
-
-    def tick():
-        ticks[0] += 1
-        if running[0]:
-            loop.call_soon(tick)
+        turns_at.append(turns.n)
 
     async with aiohttp.ClientSession() as session:
         ws = await _raw_connect(session, fast_server["url"])
         if mode != "fresh":
             await asyncio.sleep(0.5)  # quiet: the right to frames in a row is earned
-        tick()
-        try:
+        with turns:
             for _ in range(n):  # written at once, before the server's next turn
                 await ws.send_str('42["noop",{}]')
             await _until(lambda: len(turns_at) == n, 10)
-        finally:
-            running[0] = False
         await ws.close()
     runs = sorted(collections.Counter(turns_at).values(), reverse=True)
     extra = sum(r - 1 for r in runs)  # frames handled in a turn after that turn's first
