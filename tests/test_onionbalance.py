@@ -53,6 +53,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300),
 #: seconds: Onionbalance publishes one or two consensuses (10 s each) after it has both
 #: backends' descriptors, which they upload a second or two after bootstrapping
 PUBLISH_TIMEOUT = 90
+#: seconds: Onionbalance refetches the backends' descriptors every 20 s on a testnet
+INTRO_MATCH_TIMEOUT = 60
 
 
 @dataclass
@@ -194,6 +196,25 @@ async def which_backend(peer: Peer, bal: Balanced) -> Backend:
     raise AssertionError(f"{peer.name} is on neither backend")
 
 
+async def front_and_backend_intros(bal: Balanced, deadline: float = INTRO_MATCH_TIMEOUT
+                                   ) -> tuple[set[bytes], list[set[bytes]]]:
+    """The intro point keys of the front's and each backend's descriptor, as the client tor
+    fetches them, once the front's include two of each backend's current ones (or the last
+    fetch when ``deadline`` passes). Why a wait: a backend's descriptors for the current and
+    the next time period carry different intro points, and this network's time period is
+    minutes long, so across a rotation the client fetches a backend descriptor whose intro
+    points the front does not copy yet; Onionbalance refetches (every 20 s on a testnet) and
+    republishes."""
+    end = time.monotonic() + deadline
+    while True:
+        front = await asyncio.to_thread(intro_point_keys, bal.net.client, bal.front)
+        own = [await asyncio.to_thread(intro_point_keys, bal.net.client, b.address)
+               for b in bal.backends]
+        if [len(front & keys) for keys in own] == [2, 2] or time.monotonic() > end:
+            return front, own
+        await asyncio.sleep(2)
+
+
 async def test_the_front_address_lists_both_backends_and_serves_the_page(balanced: Balanced):
     bal = balanced
     socks = bal.net.socks_port
@@ -212,9 +233,7 @@ async def test_the_front_address_lists_both_backends_and_serves_the_page(balance
 
         # what Onionbalance is for: the front's descriptor lists intro points of both
         # backends, two of each (N_INTROS_PER_INSTANCE), and no others
-        front = await asyncio.to_thread(intro_point_keys, bal.net.client, bal.front)
-        own = [await asyncio.to_thread(intro_point_keys, bal.net.client, b.address)
-               for b in bal.backends]
+        front, own = await front_and_backend_intros(bal)
         assert [len(front & keys) for keys in own] == [2, 2], (len(front), [len(k) for k in own])
         assert front <= own[0] | own[1]
 
