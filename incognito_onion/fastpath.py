@@ -187,6 +187,9 @@ def _engineio_version() -> str:
 FRAME_BUDGET_ATTR = "incognito_frame_budget"
 #: turns of the event loop a connection over its frame budget waits before its next frame
 LOW_PRIORITY_TURNS = 8
+#: refused events (errors) that use up a connection's whole frame burst (:func:`charge_refusal`)
+REFUSALS_PER_BURST = 16
+_BUDGET_KEY = "_incognito_budget"  # the socket's frame budget, for charge_refusal
 #: frames of one connection (within its budget) handled in a row before the others get a
 #: turn, when more are already received (INCOGNITO_RUNTIME_OFF=batchread: one)
 FRAMES_PER_TURN = 16
@@ -303,6 +306,22 @@ def ws_frame(pkt: eio_packet.Packet) -> bytes | None:
     return frame
 
 
+def charge_refusal(eio: Any, eio_sid: str | None) -> None:
+    """Charges the connection ``eio_sid`` for a refused event (an error reply) with a share of
+    its frame budget (1/``REFUSALS_PER_BURST`` of its burst, into debt of up to one burst).
+
+    Why: a refusal costs the server as much as a relay, and a client whose events keep being
+    refused is guessing room ids or flooding rooms it is not in (test_attack's 100 clients
+    bursting at once, each within its frame budget, were handled at full priority, one frame
+    each per turn, and every honest relay waited behind a hundred error replies). Charged,
+    such a client is read at low priority after a handful of refusals; an honest client's
+    rare error costs it nothing it would notice. Connections off the fast path: nothing."""
+    sock = eio.sockets.get(eio_sid) if eio_sid is not None else None
+    budget = getattr(sock, _BUDGET_KEY, None)
+    if budget is not None:
+        budget.spend(budget.burst / REFUSALS_PER_BURST)
+
+
 def received_frames(resp: Any) -> collections.deque[Any] | None:
     """The deque of frames aiohttp has received for ``resp`` (a prepared WebSocketResponse)
     and not yet handed out, or None where aiohttp keeps them elsewhere (another version):
@@ -332,6 +351,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     queue = sock.queue
     rate_burst = getattr(server, FRAME_BUDGET_ATTR, None)
     budget = TokenBucket(*rate_burst) if rate_burst else None
+    setattr(sock, _BUDGET_KEY, budget)
     per_turn = FRAMES_PER_TURN if runtime.enabled("batchread") else 1
     # frames in a row only for a connection at a modest rate, which is behind because the
     # whole server is busy (many such connections), not because it floods: a flood gets one

@@ -36,6 +36,12 @@ class TokenBucket:
             return True
         return False
 
+    def spend(self, cost: float) -> None:
+        """Takes ``cost`` tokens whether or not they are there, into debt down to ``-burst``:
+        a penalty, which the bucket then earns back at ``rate`` before it allows again."""
+        self.has(0.0)  # refill up to now first
+        self.tokens = max(-self.burst, self.tokens - cost)
+
 
 class TurnGate:
     """At most ``per_turn`` passes per turn of the event loop; the others wait for later turns.

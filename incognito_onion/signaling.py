@@ -18,7 +18,7 @@ from engineio.async_drivers import aiohttp as _eio_aiohttp
 
 from . import runtime
 from .config import Config
-from .fastpath import FRAME_BUDGET_ATTR, fast_manager, plain_packet
+from .fastpath import FRAME_BUDGET_ATTR, charge_refusal, fast_manager, plain_packet
 from .fastpath import websocket_handler as fast_websocket_handler
 from .limits import Throttle, TokenBucket
 from .media_relay import Chunk, RoomRelay, StreamKey
@@ -313,6 +313,7 @@ class Signaling:
     def _allow_error_reply(self, sid: str) -> bool:
         """Malformed packets count against the rate limit like events do."""
         conn = self.conns.get(sid)
+        self._charge(sid)
         return conn is not None and conn.bucket.allow()
 
     # -- dispatch ------------------------------------------------------------------------------
@@ -323,6 +324,7 @@ class Signaling:
             if conn is None:
                 raise RoomError("not_in_room", "not connected")
             if not conn.bucket.allow():
+                self._charge(sid)
                 if conn.throttle.ready():
                     err = {"code": "rate_limited", "event": name,
                            "message": "too many events; slow down"}
@@ -338,7 +340,12 @@ class Signaling:
             log.exception("bug while handling an event")
             return await self._refuse(sid, name, "internal", "the server hit a bug")
 
+    def _charge(self, sid: str) -> None:
+        """A refused event lowers its connection's read priority (fastpath.charge_refusal)."""
+        charge_refusal(self.sio.eio, self.sio.manager.eio_sid_from_sid(sid, "/"))
+
     async def _refuse(self, sid: str, event: str, code: str, message: str) -> dict[str, Any]:
+        self._charge(sid)
         err = {"code": code, "message": message, "event": event}
         await self.sio.emit("error", err, to=sid)
         return {"ok": False, "error": err}

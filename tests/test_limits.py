@@ -18,6 +18,19 @@ def test_bucket_allows_burst_then_rate():
     assert sum(b.allow() for _ in range(50)) == 5  # never more than the burst
 
 
+def test_bucket_spend_goes_into_debt_of_one_burst_and_earns_it_back():
+    c = Clock()
+    b = TokenBucket(rate=10, burst=5, clock=c)
+    b.spend(3)
+    assert b.tokens == 2
+    b.spend(100)  # a penalty: debt of at most one burst
+    assert b.tokens == -5 and not b.allow()
+    c.t += 0.55  # 5.5 tokens earned: out of debt, not yet one to allow
+    assert not b.allow()
+    c.t += 0.06
+    assert b.allow() and not b.allow()
+
+
 def test_throttle_once_per_interval():
     c = Clock()
     t = Throttle(1.0, clock=c)

@@ -814,6 +814,104 @@ async def test_fast_loop_reads_a_connection_over_its_budget_at_low_priority(fast
     assert low * 2 < free
 
 
+async def test_fast_loop_reads_a_connection_whose_events_are_refused_at_low_priority(
+        fast_server):
+    """A burst within the frame budget (Signaling's defaults) is read at full priority, but
+    the same burst of events that are refused (fastpath.charge_refusal, as Signaling does for
+    every error reply) goes to low priority after REFUSALS_PER_BURST of them: while an honest
+    client makes 20 round trips, far fewer of its frames are handled."""
+    import aiohttp
+
+    from incognito_onion import fastpath
+
+    sio = fast_server["sio"]
+    setattr(sio.eio, fastpath.FRAME_BUDGET_ATTR, (201, 800))
+    burst = 600
+    handled = {"n": 0, "refuse": False}
+    seen_at: list[int] = []
+
+    @sio.on("bad")
+    async def bad(sid, *args):
+        handled["n"] += 1
+        if handled["refuse"]:
+            fastpath.charge_refusal(sio.eio, sio.manager.eio_sid_from_sid(sid, "/"))
+
+    @sio.on("ping_me")
+    async def ping_me(sid, *args):
+        seen_at.append(handled["n"])
+        return "pong"
+
+    async def burst_frames_per_20_round_trips(refuse: bool) -> int:
+        handled.update(n=0, refuse=refuse)
+        seen_at.clear()
+        honest = socketio.AsyncClient(reconnection=False)
+        await honest.connect(fast_server["url"], transports=["websocket"])
+        try:
+            async with aiohttp.ClientSession() as session:
+                ws = await _raw_connect(session, fast_server["url"])
+                await ws.send_str('42["bad",{}]')  # its first frame, then the rest
+                await _until(lambda: handled["n"] == 1, 5)
+                sock = next(s for s in sio.eio.sockets.values()
+                            if getattr(s, fastpath._BUDGET_KEY, None) is not None
+                            and s.sid != honest.eio.sid)
+                for _ in range(burst - 1):
+                    await ws.send_str('42["bad",{}]')
+                for _ in range(20):
+                    assert await honest.call("ping_me", timeout=10) == "pong"
+                await _until(lambda: handled["n"] == burst, 30)
+                tokens = getattr(sock, fastpath._BUDGET_KEY).tokens
+                await ws.close()
+        finally:
+            await honest.disconnect()
+        assert seen_at[-1] < burst, "the burst was over before the honest calls"
+        if refuse:  # deep in debt (one burst), where the refusals left it
+            assert tokens < 0, tokens
+        return seen_at[-1]
+
+    accepted = await burst_frames_per_20_round_trips(False)
+    refused = await burst_frames_per_20_round_trips(True)
+    print(f"\nburst frames handled during 20 honest round trips: {accepted} accepted, "
+          f"{refused} refused")
+    assert refused * 2 < accepted
+
+
+def test_charge_refusal_ignores_connections_off_the_fast_path():
+    from types import SimpleNamespace
+
+    from incognito_onion import fastpath
+    from incognito_onion.limits import TokenBucket
+
+    budget = TokenBucket(100, 32)
+    eio = SimpleNamespace(sockets={"a": SimpleNamespace(**{fastpath._BUDGET_KEY: budget}),
+                                   "b": SimpleNamespace()})
+    fastpath.charge_refusal(eio, "a")
+    assert budget.tokens == 32 - 32 / fastpath.REFUSALS_PER_BURST
+    for sid in ("b", "gone", None):  # the library's loop, a closed socket, no socket.io sid
+        fastpath.charge_refusal(eio, sid)
+
+
+async def test_signaling_charges_every_refusal(monkeypatch):
+    """An event refused with an error, one over the rate limit and a malformed packet each
+    charge their connection (by its engine.io sid); an accepted event does not."""
+    from incognito_onion import signaling
+    from incognito_onion.config import load
+
+    charged: list = []
+    monkeypatch.setattr(signaling, "charge_refusal", lambda eio, eio_sid: charged.append(eio_sid))
+    sig = signaling.Signaling(load(path=None, env={}, overrides={"limits.event_burst": 3}))
+    sid = await sig.sio.manager.connect("eio-1", "/")
+    await sig._on_connect(sid, {"HTTP_HOST": "127.0.0.1"})
+    created = await sig._on_event("create", sid, {})
+    assert created["ok"] and charged == []
+    refused = await sig._on_event("message", sid, {"room": "r" * 22, "data": "x"})
+    assert refused["error"]["code"] == "not_in_room" and charged == ["eio-1"]
+    assert (await sig._on_event("create", sid, {}))["ok"]  # the burst of 3 used up
+    assert (await sig._on_event("create", sid, {}))["error"]["code"] == "rate_limited"
+    assert charged == ["eio-1"] * 2
+    sig._allow_error_reply(sid)  # a malformed packet
+    assert charged == ["eio-1"] * 3
+
+
 # -- fastpath: packets written straight to the socket ----------------------------------------------
 
 
