@@ -104,6 +104,11 @@ class Registry:
         self.clock = clock
         self.rooms: dict[str, Room] = {}
         self._by_sid: dict[str, dict[str, str]] = {}  # sid -> {room id: peer id}
+        # the empty rooms in their grace period, in the order they emptied, so in the order
+        # they expire (one grace period for all): a sweep looks at the expired ones and one
+        # more, not at every room (a full server of rooms in their grace made each create a
+        # scan of all of them, an attacker's cheap lever on the CPU)
+        self._emptied: dict[str, None] = {}
 
     # -- queries -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -119,7 +124,7 @@ class Registry:
         room = self.rooms.get(room_id)
         if room is None or self._expired(room):
             if room is not None:
-                del self.rooms[room_id]
+                self._forget(room_id)
             raise RoomError("room_not_found", "no such room (it may have ended)")
         return room
 
@@ -164,6 +169,7 @@ class Registry:
         room = Room(id=room_id or self._fresh_id(), capacity=self.capacity)
         if room_id is not None:
             reopened(room, self.clock(), ticket)
+        self._emptied.pop(room.id, None)  # an expired room of that id, replaced
         self.rooms[room.id] = room
         peer = self._add(room, sid, meta)
         claim_host(room, peer, host_claim)
@@ -182,6 +188,7 @@ class Registry:
         if joined.replaced_sid is not None:
             self._unlink(joined.replaced_sid, room.id)
         self._by_sid.setdefault(sid, {})[room.id] = joined.peer.id
+        self._emptied.pop(room.id, None)  # not empty now
         return joined
 
     def leave(self, room_id: str, sid: str, reason: str = "left") -> Departure:
@@ -212,11 +219,17 @@ class Registry:
         return self._drop(room, target, "removed")
 
     def sweep(self) -> int:
-        """Delete rooms that have been empty for longer than the grace period."""
-        dead = [rid for rid, r in self.rooms.items() if self._expired(r)]
-        for rid in dead:
-            del self.rooms[rid]
-        return len(dead)
+        """Delete rooms that have been empty for longer than the grace period: the first ones
+        of those that emptied, up to the first still in its grace."""
+        dead = 0
+        while self._emptied:
+            rid = next(iter(self._emptied))
+            room = self.rooms.get(rid)
+            if room is not None and not self._expired(room):
+                break
+            self._forget(rid)
+            dead += room is not None
+        return dead
 
     # -- internals -----------------------------------------------------------------------------
     def _fresh_id(self) -> str:
@@ -247,7 +260,13 @@ class Registry:
         self._unlink(peer.sid, room.id)
         if dep.room_closed:
             del self.rooms[room.id]
+        elif not room.peers and not room.pinned:
+            self._emptied[room.id] = None  # its grace period starts (it was not in there)
         return dep
+
+    def _forget(self, room_id: str) -> None:
+        self.rooms.pop(room_id, None)
+        self._emptied.pop(room_id, None)
 
     def _require_host(self, room: Room, peer: Peer) -> None:
         require_host(room, peer)

@@ -1,6 +1,8 @@
 """Unit tests of the pure room logic (no sockets)."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from incognito_onion.ids import PEER_ID_RE, RESUME_RE, ROOM_ID_RE
 from incognito_onion.rooms import Registry, RoomError
@@ -140,3 +142,76 @@ def test_disconnect_forgets_connection_entirely():
         r.disconnect(f"s{i}")
         r.disconnect(f"t{i}")
     assert len(r) == 0 and r._by_sid == {}
+
+
+def _open_rooms_by_full_scan(r: Registry) -> set[str]:
+    """The rooms a sweep must keep, by the rule itself over every room (rooms.expired)."""
+    from incognito_onion.rooms import expired
+
+    return {rid for rid, room in r.rooms.items()
+            if not expired(room, r.clock(), r.empty_grace)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["create", "join", "leave", "disconnect", "wait",
+                                           "sweep", "get"]),
+                          st.integers(0, 5), st.integers(0, 7)), max_size=60))
+def test_sweep_frees_exactly_the_expired_rooms(steps):
+    """Whatever the order of creates, joins, leaves, disconnects and time: after a sweep the
+    rooms left are exactly those a scan of every room keeps (the sweep itself looks only at
+    the rooms that emptied, oldest first)."""
+    clock = Clock()
+    r = Registry(empty_grace=10, per_connection=3, max_rooms=6, clock=clock)
+    pinned = r.open_pinned().id
+    made: list[str] = [pinned]
+    for op, who, which in steps:
+        sid = f"s{who}"
+        rid = made[which % len(made)]
+        try:
+            if op == "create":
+                made.append(r.create(sid).room.id)
+            elif op == "join":
+                r.join(rid, sid)
+            elif op == "leave":
+                r.leave(rid, sid)
+            elif op == "disconnect":
+                r.disconnect(sid)
+            elif op == "wait":
+                clock.t += which * 2
+            elif op == "get":
+                r.get(rid)
+            else:
+                keep = _open_rooms_by_full_scan(r)
+                r.sweep()
+                assert set(r.rooms) == keep
+        except RoomError:
+            pass
+    keep = _open_rooms_by_full_scan(r)
+    r.sweep()
+    assert set(r.rooms) == keep and pinned in r.rooms
+    # nothing remembered of rooms gone, nor of rooms with people in them
+    assert set(r._emptied) <= {rid for rid, room in r.rooms.items() if not room.peers}
+
+
+def test_a_full_server_of_rooms_in_their_grace_refuses_a_create_without_a_scan(monkeypatch):
+    """max_rooms rooms, all empty in their grace: a create is refused (server_full) after a
+    sweep that looks at one room, not all of them."""
+    from incognito_onion import rooms as rooms_mod
+
+    clock = Clock()
+    r = Registry(empty_grace=20, max_rooms=1000, clock=clock)
+    for i in range(1000):
+        r.disconnect(r.create(f"s{i}").peer.sid)
+    looked = []
+    real = rooms_mod.expired
+
+    def counting(room, now, grace):
+        looked.append(room.id)
+        return real(room, now, grace)
+
+    monkeypatch.setattr(rooms_mod, "expired", counting)
+    assert code(r.create, "late") == "server_full"
+    assert len(looked) == 1
+    clock.t += 21  # every grace over: one sweep frees them all
+    looked.clear()
+    assert r.create("late").room.id in r.rooms and len(r) == 1 and len(looked) == 1000
