@@ -153,7 +153,10 @@ class FastManager(socketio.AsyncManager):
             # straight to the socket (AsyncServer._send_eio_packet -> send_packet -> socket.send
             # less two calls); a socket gone or closed: the library's path says so
             send = self.server._send_eio_packet if sock is None or sock.closed else None
+            fast = sock.__dict__.get(_SEND_NOW) if send is None else None
             for p in eio_pkts:
+                if fast is not None and fast(p):
+                    continue
                 try:
                     if send is None:
                         await sock.send(p)
@@ -190,6 +193,7 @@ LOW_PRIORITY_TURNS = 8
 #: refused events (errors) that use up a connection's whole frame burst (:func:`charge_refusal`)
 REFUSALS_PER_BURST = 16
 _BUDGET_KEY = "_incognito_budget"  # the socket's frame budget, for charge_refusal
+_SEND_NOW = "_incognito_send_now"  # the socket's send_now while _serve runs it
 #: frames of one connection (within its budget) handled in a row before the others get a
 #: turn, when more are already received (INCOGNITO_RUNTIME_OFF=batchread: one)
 FRAMES_PER_TURN = 16
@@ -306,6 +310,15 @@ def ws_frame(pkt: eio_packet.Packet) -> bytes | None:
     return frame
 
 
+def send_now(sock: Any, pkt: eio_packet.Packet) -> bool:
+    """Sends ``pkt`` on engine.io socket ``sock`` at once, without the coroutine of its
+    ``send``, when :func:`_serve` runs the socket and nothing has to wait (it is open, no pong
+    overdue); False, having sent nothing, otherwise: then ``await sock.send(pkt)``. A relay
+    sends to every recipient and acks the sender: a coroutine per packet saved."""
+    fast = sock.__dict__.get(_SEND_NOW)
+    return fast is not None and fast(pkt)
+
+
 def charge_refusal(eio: Any, eio_sid: str | None) -> None:
     """Charges the connection ``eio_sid`` for a refused event (an error reply) with a share of
     its frame budget (1/``REFUSALS_PER_BURST`` of its burst, into debt of up to one burst).
@@ -369,6 +382,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     ping_timeout = server.ping_timeout
 
     received = received_frames(resp)
+    monotonic = budget.clock if budget is not None else time.monotonic
     in_a_row = 0  # frames handled since this connection last let the others have a turn
     loop = asyncio.get_running_loop()
     pending: list[bytes] = []  # frames for this turn's one write (see put)
@@ -409,17 +423,26 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
                 return
         queue.put_nowait(pkt)
 
-    async def send(pkt: eio_packet.Packet) -> None:
-        # AsyncSocket.send: check_ping_timeout() inline, no debug log line
+    def send_now(pkt: eio_packet.Packet) -> bool:
+        """``send`` without a coroutine when it needs no wait (see :func:`send_now`): False,
+        having sent nothing, when the socket is closed or its pong is overdue."""
         if sock.closed:
-            raise eio_exceptions.SocketIsClosedError()
+            return False
         last_ping = sock.last_ping
         if last_ping and time.time() - last_ping > ping_timeout:
-            await check_ping_timeout()  # closes the socket, as the library's send does
-            if sock.closed:
-                queue.put_nowait(None)  # and the WebSocket now: the writer closes it
-            return
+            return False
         put(pkt)
+        return True
+
+    async def send(pkt: eio_packet.Packet) -> None:
+        # AsyncSocket.send: check_ping_timeout() inline, no debug log line
+        if send_now(pkt):
+            return
+        if sock.closed:
+            raise eio_exceptions.SocketIsClosedError()
+        await check_ping_timeout()  # closes the socket, as the library's send does
+        if sock.closed:
+            queue.put_nowait(None)  # and the WebSocket now: the writer closes it
 
     # engine.io's pings (AsyncSocket.schedule_ping/_send_ping): the same schedule, a timer
     # instead of a task sleeping out the interval, per ping of every connection
@@ -469,6 +492,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
         await ws.close()
 
     sock.send = send  # type: ignore[method-assign]  # this socket's packets: see above
+    setattr(sock, _SEND_NOW, send_now)
     sock.schedule_ping = schedule_ping  # type: ignore[method-assign]
     writer_task = asyncio.ensure_future(writer())
     server.logger.info("%s: Upgrade to websocket successful", sock.sid)
@@ -559,8 +583,9 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
             # Every frame read spends the right to frames in a row: a connection read faster
             # than BATCH_RATE_DIVISOR allows (a backlog of a burst or a flood worked off one
             # per turn) runs out of it, one behind at its modest own pace keeps it.
-            earned = batch is not None and batch.allow()
-            if budget is not None and not budget.allow():
+            now = monotonic()
+            earned = batch is not None and batch.allow_at(now)
+            if budget is not None and not budget.allow_at(now):
                 in_a_row = 0
                 for _ in range(LOW_PRIORITY_TURNS):
                     await asyncio.sleep(0)
@@ -577,6 +602,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     finally:
         deadline.cancel()
         sock.__dict__.pop("send", None)  # the library's send (the queue) from here on
+        sock.__dict__.pop(_SEND_NOW, None)
         sock.__dict__.pop("schedule_ping", None)
         for timer in ping_timer:
             timer.cancel()

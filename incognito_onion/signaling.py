@@ -18,7 +18,7 @@ from engineio.async_drivers import aiohttp as _eio_aiohttp
 
 from . import runtime
 from .config import Config
-from .fastpath import FRAME_BUDGET_ATTR, charge_refusal, fast_manager, plain_packet
+from .fastpath import FRAME_BUDGET_ATTR, charge_refusal, fast_manager, plain_packet, send_now
 from .fastpath import websocket_handler as fast_websocket_handler
 from .limits import Throttle, TokenBucket
 from .media_relay import Chunk, RoomRelay, StreamKey
@@ -175,7 +175,7 @@ class GuardedServer(socketio.AsyncServer):
             sock = self.eio.sockets.get(eio_sid)
             if sock is None or sock.closed:
                 await self.eio.send_packet(eio_sid, pkt)  # gone: the library's path says so
-            else:
+            elif not send_now(sock, pkt):
                 await sock.send(pkt)  # send_packet less its lookup and call
 
     async def _malformed(self, eio_sid: str, message: str, namespace: Any = None,

@@ -541,6 +541,41 @@ async def _raw_connect(session, url: str):
     return ws
 
 
+async def test_send_now_sends_at_once_only_what_needs_no_wait(fast_server):
+    """fastpath.send_now: a packet on a socket the fast loop runs goes out at once; with its
+    pong overdue or the socket closed, nothing is sent and the caller takes the coroutine path
+    (which runs the library's ping-timeout check); a socket off the fast loop: always False."""
+    import time
+    from types import SimpleNamespace
+
+    from engineio import packet as eio_packet
+
+    from incognito_onion import fastpath
+
+    got: list = []
+    c = socketio.AsyncClient(reconnection=False)
+    c.on("x", lambda n: got.append(n))
+    await c.connect(fast_server["url"], transports=["websocket"])
+    try:
+        sock = fast_server["sio"].eio.sockets[c.eio.sid]
+
+        def pkt(n: int):
+            return eio_packet.Packet(eio_packet.MESSAGE, f'2["x",{n}]')
+
+        assert fastpath.send_now(sock, pkt(1))
+        await _until(lambda: got == [1], 5)
+        saved, sock.last_ping = sock.last_ping, time.time() - 100  # a pong long overdue
+        assert not fastpath.send_now(sock, pkt(2))
+        sock.last_ping = saved
+        assert fastpath.send_now(sock, pkt(3))
+        await _until(lambda: got == [1, 3], 5)
+    finally:
+        await c.disconnect()
+    await _until(lambda: not fastpath.send_now(sock, pkt(4)), 5)  # closed: never sent
+    assert not fastpath.send_now(SimpleNamespace(), pkt(5))
+    assert got == [1, 3]
+
+
 async def test_fast_loop_drops_a_silent_client_after_the_ping_window(fast_server):
     """A client that never answers a ping is disconnected ping_interval + ping_timeout after
     its last frame, like the library's wait_for did (the lazy timer re-arms at the due time)."""
