@@ -800,16 +800,43 @@ async def test_fast_loop_handles_a_modest_connection_s_buffered_frames_in_a_row(
         assert extra == 0, runs
 
 
+async def _burst_during_20_round_trips(url: str, frame: str, n: int, handled, seen_at: list,
+                                      after_first=None) -> int:
+    """Sends ``n`` copies of ``frame`` at once from a raw connection (the first alone, then
+    ``after_first(honest client's engine.io sid)``), while an honest client makes 20 round trips
+    (``ping_me``, whose handler appends ``handled()`` to ``seen_at``); returns how many of the
+    burst's frames the server had handled by the last round trip."""
+    import aiohttp
+
+    seen_at.clear()
+    honest = socketio.AsyncClient(reconnection=False)
+    await honest.connect(url, transports=["websocket"])
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await _raw_connect(session, url)
+            await ws.send_str(frame)
+            await _until(lambda: handled() >= 1, 5)
+            if after_first is not None:
+                after_first(honest.eio.sid)
+            for _ in range(n - 1):
+                await ws.send_str(frame)
+            for _ in range(20):
+                assert await honest.call("ping_me", timeout=10) == "pong"
+            await _until(lambda: handled() == n, 30)
+            await ws.close()
+    finally:
+        await honest.disconnect()
+    assert seen_at[-1] < n, "the burst was over before the honest calls"
+    return seen_at[-1]
+
+
 async def test_fast_loop_reads_a_connection_over_its_budget_at_low_priority(fast_server):
     """With a frame budget, a flood beyond it yields LOW_PRIORITY_TURNS turns per frame: while
     an honest client makes 20 round trips, the server works off far fewer of the flood's frames
     than without a budget (the honest events go first)."""
-    import aiohttp
-
     from incognito_onion import fastpath
 
     sio = fast_server["sio"]
-    flood_n = 3000
     handled = {"flood": 0}
     seen_at: list[int] = []
 
@@ -825,22 +852,8 @@ async def test_fast_loop_reads_a_connection_over_its_budget_at_low_priority(fast
     async def flood_frames_per_20_round_trips(budget) -> int:
         setattr(sio.eio, fastpath.FRAME_BUDGET_ATTR, budget)
         handled["flood"] = 0
-        seen_at.clear()
-        honest = socketio.AsyncClient(reconnection=False)
-        await honest.connect(fast_server["url"], transports=["websocket"])
-        try:
-            async with aiohttp.ClientSession() as session:
-                ws = await _raw_connect(session, fast_server["url"])
-                for _ in range(flood_n):
-                    await ws.send_str('42["noop",{}]')
-                for _ in range(20):
-                    assert await honest.call("ping_me", timeout=10) == "pong"
-                await _until(lambda: handled["flood"] == flood_n, 30)
-                await ws.close()
-        finally:
-            await honest.disconnect()
-        assert seen_at[-1] < flood_n, "the flood was over before the honest calls"
-        return seen_at[-1]
+        return await _burst_during_20_round_trips(
+            fast_server["url"], '42["noop",{}]', 3000, lambda: handled["flood"], seen_at)
 
     free = await flood_frames_per_20_round_trips(None)
     low = await flood_frames_per_20_round_trips((10.0, 10))
@@ -855,15 +868,13 @@ async def test_fast_loop_reads_a_connection_whose_events_are_refused_at_low_prio
     the same burst of events that are refused (fastpath.charge_refusal, as Signaling does for
     every error reply) goes to low priority after REFUSALS_PER_BURST of them: while an honest
     client makes 20 round trips, far fewer of its frames are handled."""
-    import aiohttp
-
     from incognito_onion import fastpath
 
     sio = fast_server["sio"]
     setattr(sio.eio, fastpath.FRAME_BUDGET_ATTR, (201, 800))
-    burst = 600
     handled = {"n": 0, "refuse": False}
     seen_at: list[int] = []
+    burster: list = []
 
     @sio.on("bad")
     async def bad(sid, *args):
@@ -876,32 +887,21 @@ async def test_fast_loop_reads_a_connection_whose_events_are_refused_at_low_prio
         seen_at.append(handled["n"])
         return "pong"
 
+    def find_burster(honest_sid: str) -> None:
+        burster[:] = [s for s in sio.eio.sockets.values()
+                      if getattr(s, fastpath._BUDGET_KEY, None) is not None
+                      and s.sid != honest_sid and not s.closed]
+        assert len(burster) == 1, burster
+
     async def burst_frames_per_20_round_trips(refuse: bool) -> int:
         handled.update(n=0, refuse=refuse)
-        seen_at.clear()
-        honest = socketio.AsyncClient(reconnection=False)
-        await honest.connect(fast_server["url"], transports=["websocket"])
-        try:
-            async with aiohttp.ClientSession() as session:
-                ws = await _raw_connect(session, fast_server["url"])
-                await ws.send_str('42["bad",{}]')  # its first frame, then the rest
-                await _until(lambda: handled["n"] == 1, 5)
-                sock = next(s for s in sio.eio.sockets.values()
-                            if getattr(s, fastpath._BUDGET_KEY, None) is not None
-                            and s.sid != honest.eio.sid)
-                for _ in range(burst - 1):
-                    await ws.send_str('42["bad",{}]')
-                for _ in range(20):
-                    assert await honest.call("ping_me", timeout=10) == "pong"
-                await _until(lambda: handled["n"] == burst, 30)
-                tokens = getattr(sock, fastpath._BUDGET_KEY).tokens
-                await ws.close()
-        finally:
-            await honest.disconnect()
-        assert seen_at[-1] < burst, "the burst was over before the honest calls"
+        seen = await _burst_during_20_round_trips(
+            fast_server["url"], '42["bad",{}]', 600, lambda: handled["n"], seen_at,
+            find_burster)
         if refuse:  # deep in debt (one burst), where the refusals left it
+            tokens = getattr(burster[0], fastpath._BUDGET_KEY).tokens
             assert tokens < 0, tokens
-        return seen_at[-1]
+        return seen
 
     accepted = await burst_frames_per_20_round_trips(False)
     refused = await burst_frames_per_20_round_trips(True)
