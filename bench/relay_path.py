@@ -2,7 +2,7 @@
 numbers.
 
     .venv/bin/python bench/relay_path.py [--messages 50000] [--rooms-of 4] [--size 256]
-                                         [--repeat 5] [--json]
+                                         [--repeat 5] [--refused] [--json]
 
 End to end (``relay_load.py``) a small change to the hot path hides in a shared machine's
 noise (±5 % CPU between identical runs on the 2-core machines these sessions get). This drives
@@ -74,12 +74,16 @@ async def _setup(rooms_of: int, rooms: int) -> tuple[Signaling, list[tuple[str, 
     return sig, senders
 
 
-async def _run(messages: int, rooms_of: int, size: int, repeat: int) -> dict[str, Any]:
+async def _run(messages: int, rooms_of: int, size: int, repeat: int,
+               refused: bool = False) -> dict[str, Any]:
     rooms = 64
     sig, senders = await _setup(rooms_of, rooms)
     handler = sig.sio.eio.handlers["message"]
-    frames = [f'2{n}["message",{json.dumps({"room": room, "data": "x" * size})}]'
-              for n, (_, room) in enumerate(senders)]
+    # refused: each sender names the next sender's room, which it is not in (not_in_room: an
+    # error event and the ack); else its own room (the 3 others and the ack)
+    frames = [f'2{n}["message",'
+              f'{json.dumps({"room": senders[(n + refused) % rooms][1], "data": "x" * size})}]'
+              for n in range(rooms)]
     for sock in sig.sio.eio.sockets.values():
         sock.frames = 0  # the setup's own (welcomes, arrivals)
     per_run = []
@@ -90,10 +94,12 @@ async def _run(messages: int, rooms_of: int, size: int, repeat: int) -> dict[str
             await handler(senders[k][0], frames[k])
         per_run.append((time.process_time() - t0) / messages)
     sent = sum(s.frames for s in sig.sio.eio.sockets.values())
-    expected = repeat * messages * rooms_of  # rooms_of - 1 deliveries and one ack each
+    # rooms_of - 1 deliveries and one ack each, or an error event and the ack
+    expected = repeat * messages * (2 if refused else rooms_of)
     assert sent == expected, (sent, expected)
     best = min(per_run)
     return {"messages": messages, "rooms_of": rooms_of, "size": size, "repeat": repeat,
+            "refused": refused,
             "us_per_message": round(best * 1e6, 2),
             "us_per_message_runs": [round(x * 1e6, 2) for x in per_run],
             "messages_per_s": round(1 / best), "knobs_off": sorted(runtime.disabled())}
@@ -105,14 +111,18 @@ def main() -> None:
     ap.add_argument("--rooms-of", type=int, default=4, help="connections per room")
     ap.add_argument("--size", type=int, default=256, help="characters of data per message")
     ap.add_argument("--repeat", type=int, default=5, help="runs; the best is reported")
+    ap.add_argument("--refused", action="store_true",
+                    help="messages to a room the sender is not in: the cost of a refusal")
     ap.add_argument("--json", action="store_true", help="print JSON")
     args = ap.parse_args()
     runtime.tune_gc()
-    result = runtime.run(_run(args.messages, args.rooms_of, args.size, args.repeat))
+    result = runtime.run(_run(args.messages, args.rooms_of, args.size, args.repeat,
+                              args.refused))
     if args.json:
         print(json.dumps(result))
         return
-    print(f"relay path (no sockets): {result['us_per_message']} µs CPU per message, best of "
+    what = "refusal path" if args.refused else "relay path"
+    print(f"{what} (no sockets): {result['us_per_message']} µs CPU per message, best of "
           f"{args.repeat} (runs: {result['us_per_message_runs']}); "
           f"{result['messages_per_s']} messages/s on one core; rooms of {args.rooms_of}, "
           f"{args.size}-char data; knobs off: {result['knobs_off'] or 'none'}")
