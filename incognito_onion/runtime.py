@@ -144,6 +144,15 @@ class _OrjsonCodec:
         kwargs.setdefault("separators", separators or (",", ":"))
         return _StdlibCodec.dumps(obj, **kwargs)
 
+    def dumps_plain(self, obj: Any) -> str | None:
+        """``dumps(obj)`` by orjson alone, or None where orjson refuses it: bytes anywhere
+        (orjson raises at the first, so a caller that must send bytes another way learns it
+        without walking ``obj`` first), or what only the stdlib writes."""
+        try:
+            return self._dumps(obj).decode("utf-8")
+        except self._errors:
+            return None
+
     def loads(self, text: str | bytes, **kwargs: Any) -> Any:
         if not kwargs:
             try:

@@ -179,6 +179,18 @@ def test_dumps_refuses_what_the_stdlib_refuses():
             fast.dumps(bad)
 
 
+def test_dumps_plain_is_orjson_alone_or_none():
+    """What plain_packet relies on: orjson's compact JSON, None for bytes anywhere or for what
+    only the stdlib writes (an integer past 64 bits), never an exception."""
+    codec = runtime.json_module()
+    if getattr(codec, "name", "") != "orjson":
+        pytest.skip("orjson is not installed")
+    out = codec.dumps_plain(["ev", {"a": 1, "b": [True, None]}])
+    assert out == '["ev",{"a":1,"b":[true,null]}]'
+    assert codec.dumps_plain(["ev", {"a": [b"\x00"]}]) is None
+    assert codec.dumps_plain([2**70]) is None
+
+
 def test_dumps_with_other_arguments_is_the_stdlib():
     fast, _std = codecs()
     assert fast.dumps({"b": 1, "a": 2}, sort_keys=True, indent=1) == json.dumps(
