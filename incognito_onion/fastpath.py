@@ -63,6 +63,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import engineio
 import socketio
 from aiohttp.web import WebSocketResponse
 from engineio import exceptions as eio_exceptions
@@ -175,6 +176,47 @@ class FastManager(socketio.AsyncManager):
                     with contextlib.suppress(Exception):
                         self.server.logger.exception("emit to one recipient failed")
                     break
+
+
+#: turns of the engine.io service task (:class:`ServiceSlicedServer`) per ping_timeout
+SERVICE_SLICES = 24
+
+
+class ServiceSlicedServer(engineio.AsyncServer):
+    """``engineio.AsyncServer`` whose service task (the sweep that drops clients whose pong is
+    overdue and forgets closed sockets) goes through the clients in SERVICE_SLICES slices per
+    ``ping_timeout``. The library's waits ``ping_timeout / len(sockets)`` between two clients,
+    each wait an ``asyncio.wait_for`` (a task, a timer, a ``TimeoutError`` raised and caught):
+    ~330 a second at 2000 clients, for a sweep that looks at each client once per
+    ping_timeout either way."""
+
+    async def _service_task(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.service_task_event = self.create_event()
+        stop = self.service_task_event
+        while not stop.is_set():
+            pause = self.ping_timeout / (SERVICE_SLICES if self.sockets else 1)
+            try:
+                clients = list(self.sockets.values())
+                per_slice = max(1, -(-len(clients) // SERVICE_SLICES))
+                for start in range(0, max(len(clients), 1), per_slice):
+                    for sock in clients[start:start + per_slice]:
+                        if sock.closed:
+                            self.sockets.pop(sock.sid, None)
+                        elif not sock.closing:
+                            await sock.check_ping_timeout()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=pause)
+                    if stop.is_set():
+                        break
+            except (SystemExit, KeyboardInterrupt, asyncio.CancelledError, GeneratorExit):
+                self.logger.info("service task canceled")
+                break
+            except Exception:
+                if loop.is_closed():
+                    self.logger.info("event loop is closed, exiting service task")
+                    break
+                self.logger.exception("service task exception")
 
 
 def fast_manager() -> FastManager | None:

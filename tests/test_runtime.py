@@ -1190,3 +1190,52 @@ async def test_relay_is_the_same_with_each_fast_path_off(server_factory, off):
         await a.disconnect()
         await b.disconnect()
         srv.stop()
+
+
+# -- fastpath: engine.io's service task in slices ------------------------------------------------
+
+
+class _SweptSocket:
+    """What the service task sees of an engine.io socket: closed/closing, check_ping_timeout."""
+
+    def __init__(self, sid: str, closed: bool = False, closing: bool = False) -> None:
+        self.sid, self.closed, self.closing, self.checks = sid, closed, closing, 0
+
+    async def check_ping_timeout(self) -> bool:
+        self.checks += 1
+        return True
+
+
+async def test_service_task_sweeps_every_client_once_per_ping_timeout_in_slices(monkeypatch):
+    """ServiceSlicedServer's sweep: each open client checked once per ping_timeout, closed
+    ones forgotten, closing ones left alone; it waits SERVICE_SLICES times per pass (not once
+    per client), and stops at once when told to."""
+    from incognito_onion import fastpath
+
+    eio = fastpath.ServiceSlicedServer(async_mode="aiohttp", ping_timeout=0.3)
+    socks = {f"s{i}": _SweptSocket(f"s{i}") for i in range(100)}
+    socks["gone"] = _SweptSocket("gone", closed=True)
+    socks["leaving"] = _SweptSocket("leaving", closing=True)
+    eio.sockets = dict(socks)
+    waits = []
+    real_wait_for = asyncio.wait_for
+
+    async def counting_wait_for(aw, timeout):
+        waits.append(timeout)
+        return await real_wait_for(aw, timeout)
+
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    monkeypatch.setattr(asyncio, "wait_for", counting_wait_for)  # what fastpath calls
+    task = asyncio.ensure_future(eio._service_task())
+    await _until(lambda: all(socks[f"s{i}"].checks >= 2 for i in range(100)), 5)
+    monkeypatch.undo()
+    took = loop.time() - t0
+    eio.service_task_event.set()
+    await real_wait_for(task, 1)  # stops within one slice's pause
+    assert "gone" not in eio.sockets and "leaving" in eio.sockets
+    assert socks["leaving"].checks == 0
+    # two passes at least, each over ~ping_timeout: checked about once per ping_timeout
+    assert all(socks[f"s{i}"].checks <= 1 + took / 0.3 + 1 for i in range(100))
+    assert waits and all(abs(w - 0.3 / fastpath.SERVICE_SLICES) < 1e-9 for w in waits)
+    assert len(waits) <= (took / 0.3 + 1) * fastpath.SERVICE_SLICES + 1  # not one per client
