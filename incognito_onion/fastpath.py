@@ -431,7 +431,6 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     ping_timeout = server.ping_timeout
 
     received = received_frames(resp)
-    monotonic = budget.clock if budget is not None else time.monotonic
     in_a_row = 0  # frames handled since this connection last let the others have a turn
     loop = asyncio.get_running_loop()
     pending: list[bytes] = []  # frames for this turn's one write (see put)
@@ -632,9 +631,10 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
             # Every frame read spends the right to frames in a row: a connection read faster
             # than BATCH_RATE_DIVISOR allows (a backlog of a burst or a flood worked off one
             # per turn) runs out of it, one behind at its modest own pace keeps it.
-            now = monotonic()
-            earned = batch is not None and batch.allow_at(now)
-            if budget is not None and not budget.allow_at(now):
+            # one clock reading for both buckets (no budget, no batch: none)
+            now = budget.clock() if budget is not None else 0.0
+            earned = batch is not None and batch.allow(now=now)
+            if budget is not None and not budget.allow(now=now):
                 in_a_row = 0
                 for _ in range(LOW_PRIORITY_TURNS):
                     await asyncio.sleep(0)

@@ -23,28 +23,20 @@ class TokenBucket:
         self.clock = clock
         self.stamp = clock()
 
-    def has(self, cost: float = 1.0) -> bool:
-        """Whether ``cost`` tokens are there now, without taking them."""
-        now = self.clock()
+    def has(self, cost: float = 1.0, now: float | None = None) -> bool:
+        """Whether ``cost`` tokens are there now, without taking them; ``now``: a reading of
+        ``clock`` the caller made (one reading for several buckets, once per frame on the
+        relay's hot path)."""
+        if now is None:
+            now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         return self.tokens >= cost
 
-    def allow(self, cost: float = 1.0) -> bool:
-        if self.has(cost):
+    def allow(self, cost: float = 1.0, now: float | None = None) -> bool:
+        if self.has(cost, now):
             self.tokens -= cost
             return True
-        return False
-
-    def allow_at(self, now: float) -> bool:
-        """:meth:`allow` of one token at ``now``, a reading of ``clock`` the caller made (one
-        reading for several buckets, once per frame on the relay's hot path)."""
-        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if tokens >= 1.0:
-            self.tokens = tokens - 1.0
-            return True
-        self.tokens = tokens
         return False
 
     def spend(self, cost: float) -> None:

@@ -64,12 +64,12 @@ async def test_turn_gate_lets_per_turn_through_each_turn_of_the_loop():
     assert max(per_turn.values()) == 4 and len(per_turn) == 5, per_turn
 
 
-def test_allow_at_is_allow_with_the_caller_s_clock_reading():
+def test_allow_with_the_caller_s_clock_reading_is_allow():
     c1, c2 = Clock(), Clock()
     a = TokenBucket(rate=7, burst=3, clock=c1)
     b = TokenBucket(rate=7, burst=3, clock=c2)
     for step in [0, 0, 0, 0, 0.1, 0.05, 0, 0.5, 0, 0, 0, 0.01, 2, 0, 0, 0, 0]:
         c1.t += step
         c2.t += step
-        assert a.allow() == b.allow_at(c2.t)
+        assert a.allow() == b.allow(now=c2.t)
         assert a.tokens == b.tokens
