@@ -65,6 +65,7 @@ from typing import Any
 
 import engineio
 import socketio
+from aiohttp import WSMsgType
 from aiohttp.web import WebSocketResponse
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
@@ -392,6 +393,77 @@ def received_frames(resp: Any) -> collections.deque[Any] | None:
     return buffer if isinstance(buffer, collections.deque) else None
 
 
+_STOP = object()  # a frame's outcome: the connection ends
+_LOW = object()  # its pace: the connection is over its frame budget (low priority)
+_YIELD = object()  # its pace: the other connections' turn first
+_TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
+
+
+class _Rest:
+    """The rest of a frame's handler that had to wait, for the connection's task to await:
+    the coroutine was started by :func:`_serve` outside any task (from the read callback) and
+    yielded ``yielded``; awaiting this hands that and what follows to the awaiting task, as
+    ``await coro`` would have from the start. Its result is None, or ``_STOP`` when the
+    handler's error ends the connection (``failed`` classifies errors, as the library's
+    loop does)."""
+
+    __slots__ = ("coro", "yielded", "failed")
+
+    def __init__(self, coro: Any, yielded: Any, failed: Callable[[Exception], Any]) -> None:
+        self.coro, self.yielded, self.failed = coro, yielded, failed
+
+    def __await__(self) -> Any:
+        coro, yielded = self.coro, self.yielded
+        while True:
+            try:
+                sent = yield yielded
+            except BaseException as exc:  # thrown in by the task: a cancel
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration:
+                    return None
+                except Exception as err:
+                    return self.failed(err)
+            else:
+                try:
+                    yielded = coro.send(sent)
+                except StopIteration:
+                    return None
+                except Exception as err:
+                    return self.failed(err)
+
+
+class _DispatchingParser:
+    """Stands in for aiohttp's WebSocket parser on a connection's protocol: parses through
+    it, then calls ``after`` (:func:`_serve`'s synchronous read of what was parsed)."""
+
+    __slots__ = ("parser", "after")
+
+    def __init__(self, parser: Any, after: Callable[[], None]) -> None:
+        self.parser, self.after = parser, after
+
+    def feed_data(self, data: Any) -> Any:
+        result = self.parser.feed_data(data)
+        self.after()
+        return result
+
+    def feed_eof(self) -> None:
+        self.parser.feed_eof()
+        self.after()
+
+
+def _read_now(queue: Any) -> Any:
+    """The next message of aiohttp's WebSocketDataQueue ``queue``, which holds one: its
+    ``read()`` returns at once then (and keeps the queue's accounting and flow control)."""
+    coro = queue.read()
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()  # cannot happen with a message buffered; never leave a read waiting
+    raise RuntimeError("WebSocket read would wait")
+
+
 async def _serve(sock: AsyncSocket, ws: Any) -> None:
     """``AsyncSocket._websocket_handler`` for a connection that opened as a WebSocket.
 
@@ -558,11 +630,158 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
                 raise OSError()
             return data
 
+    def failed(err: Exception) -> Any:
+        """A frame's handler raised ``err``: what the library's loop does about it."""
+        if isinstance(err, eio_exceptions.UnknownPacketError):
+            return None
+        if isinstance(err, eio_exceptions.SocketIsClosedError):
+            server.logger.info("Receive error -- socket is closed")
+            return _STOP
+        server.logger.error("Unknown receive error", exc_info=err)
+        return None
+
+    def handle(data: Any) -> Any:
+        """Handles one frame as far as it goes without waiting: None when done, ``_STOP``
+        when the connection ends, else the :class:`_Rest` of its handler, which waited."""
+        nonlocal refreshed
+        if data is None or len(data) > max_size:
+            # closed by the client; too large (the library: ValueError, then the same)
+            return _STOP
+        if not refreshed and sock.last_ping and data != "3":
+            # a frame while a ping waits for its pong: the client is alive, so, like
+            # Node's engine.io (once per ping), the pong is due ping_timeout from now.
+            # Under load the pong queues behind the client's other frames, in the
+            # kernel and in our one-frame-per-turn reads; without this a busy server
+            # dropped busy clients whose pongs were merely late.
+            sock.last_ping = time.time()
+            refreshed = True
+        if data == "3":  # PONG: AsyncSocket.receive's, without its debug log line
+            schedule_ping()
+            return _STOP if sock.closed else None
+        try:
+            if on_message is not None and type(data) is str and data[:1] == "4":
+                # a text MESSAGE (every socket.io packet): AsyncSocket.receive ->
+                # server._trigger_event('message') without the Packet, whose decode tries
+                # the text as JSON first (socket.io packets are not: they start with a
+                # digit), a debug log line and two wrappers
+                coro = on_message(sock.sid, data[1:])
+            else:
+                coro = sock.receive(eio_packet.Packet(encoded_packet=data))
+            # started here, not awaited: most handlers finish without waiting, and then
+            # cost no task step (see on_parsed)
+            yielded = coro.send(None)
+        except StopIteration:
+            outcome = None
+        except Exception as err:
+            outcome = failed(err)
+        else:
+            return _Rest(coro, yielded, failed)
+        # closed by the server meanwhile (a disconnect, a ping timeout found by engine.io's
+        # service task): a client that keeps sending would otherwise hold the WebSocket
+        # open; the library's writer closed it after its queue wait
+        return _STOP if sock.closed else outcome
+
+    def pace() -> Any:
+        """After a frame: ``_LOW`` (the connection is over its frame budget: its next frame
+        waits LOW_PRIORITY_TURNS turns), ``_YIELD`` (the others' turn first) or None (its
+        next frame now, when one is received).
+
+        At most FRAMES_PER_TURN frames per turn of the event loop: a frame already
+        buffered is returned without suspending, so a flooding client's backlog would
+        otherwise be handled in one go while every other connection waits (handling a
+        connection's whole burst in a row took the honest p99 under test_attack's floods
+        from ~9 ms to 120-380 ms); one per turn, as the library's task per read gave,
+        made every frame of a busy connection pay a turn (a task step through the whole
+        request's coroutine stack), the largest cost per frame at saturation once writes
+        were coalesced. A connection sending faster than its budget waits
+        LOW_PRIORITY_TURNS turns: the loop then serves the connections within theirs
+        (honest ones) first, and the flood's frames wait in the kernel's buffers, which
+        cost nothing. Nothing received yet (most frames, below saturation): the next read
+        suspends and gives everyone else their turn anyway, so no extra turn.
+
+        Every frame read spends the right to frames in a row: a connection read faster
+        than BATCH_RATE_DIVISOR allows (a backlog of a burst or a flood worked off one
+        per turn) runs out of it, one behind at its modest own pace keeps it."""
+        nonlocal in_a_row
+        # one clock reading for both buckets (no budget, no batch: none)
+        now = budget.clock() if budget is not None else 0.0
+        earned = batch is not None and batch.allow(now=now)
+        if budget is not None and not budget.allow(now=now):
+            in_a_row = 0
+            return _LOW
+        if received is None:
+            return _YIELD
+        if received:
+            if earned and in_a_row < per_turn - 1 and len(received) <= BATCH_MAX_BACKLOG:
+                in_a_row += 1  # the next one in this turn
+                return None
+            in_a_row = 0
+            return _YIELD
+        in_a_row = 0
+        return None
+
+    # Reading: with aiohttp's reader (knob syncread), the frames parsed from what the socket
+    # just gave are handled right in the read callback while the connection's task waits
+    # with nothing to read ("parked"), instead of waking that task for each: per frame a
+    # future, a task step through the request's coroutine stack and the reader's, ~1/5 of
+    # the cost of a relayed frame. The task takes over (is woken with what to do) for what
+    # has to wait or must not run in the callback: a handler that waited (it awaits the
+    # rest), the others' turn (pace), close, ping, error and end of stream frames (aiohttp's
+    # receive), a closed socket. Frames of one connection are handled in order either way:
+    # the callback reads only while the task is parked, and the task parks only when
+    # nothing is left to read.
+    frames = getattr(resp, "_reader", None)  # aiohttp's queue of parsed frames
+    protocol = getattr(request, "protocol", None)
+    parser = getattr(protocol, "_payload_parser", None)
+    sync = (runtime.enabled("syncread") and received is not None and frames is not None
+            and parser is not None and parser is getattr(resp, "_parser", None))
+    parked: asyncio.Future[Any] | None = None  # the parked task waits on it
+
+    def unpark(why: Any = None) -> None:
+        nonlocal parked
+        fut, parked = parked, None
+        if fut is not None and not fut.done():
+            fut.set_result(why)
+
+    def on_parsed() -> None:
+        """Handles the frames just parsed while the task is parked (see above)."""
+        if parked is None:
+            return  # the task runs, or will: it reads them
+        try:
+            deadline.since = loop.time()  # something came: the connection is alive
+            while received and not resp.closed:  # closed: aiohttp's close reads the rest
+                msg = received[0][0]
+                if msg.type is not _TEXT and msg.type is not _BINARY:
+                    break  # aiohttp's receive handles it
+                outcome = handle(_read_now(frames).data)
+                if outcome is not None:
+                    unpark(outcome)
+                    return
+                why = pace()
+                if why is not None:
+                    unpark(why)
+                    return
+            if received or frames.is_eof() or sock.closed or resp.closed:
+                unpark()
+        except Exception:
+            server.logger.exception("Unknown receive error")
+            unpark(_STOP)
+
+    if sync:
+        protocol._payload_parser = _DispatchingParser(parser, on_parsed)
+    writer_task.add_done_callback(lambda _: unpark(_STOP))  # it ended: it closed the WebSocket
+
     try:
         while True:
             deadline.begin()
             try:
-                data = await wait()
+                woke = (sync and not received and not frames.is_eof() and not resp.closed
+                        and not writer_task.done())
+                if woke:
+                    parked = loop.create_future()
+                    data = await parked  # woken by on_parsed with what to do
+                else:
+                    data = await wait()
             except asyncio.CancelledError:
                 # timed out, or cancelled from outside (the server stopping): the library ends
                 # the loop either way, and closes below
@@ -573,82 +792,26 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
                 break
             finally:
                 deadline.end()
-            if data is None:  # connection closed by the client
-                break
-            if len(data) > max_size:
-                break  # the library: ValueError('packet is too large'), then the same
-            if not refreshed and sock.last_ping and data != "3":
-                # a frame while a ping waits for its pong: the client is alive, so, like
-                # Node's engine.io (once per ping), the pong is due ping_timeout from now.
-                # Under load the pong queues behind the client's other frames, in the
-                # kernel and in our one-frame-per-turn reads; without this a busy server
-                # dropped busy clients whose pongs were merely late.
-                sock.last_ping = time.time()
-                refreshed = True
-            try:
-                if data == "3":  # PONG: AsyncSocket.receive's, without its debug log line
-                    schedule_ping()
-                elif on_message is not None and type(data) is str and data[:1] == "4":
-                    # a text MESSAGE (every socket.io packet): AsyncSocket.receive ->
-                    # server._trigger_event('message') without the Packet, whose decode tries
-                    # the text as JSON first (socket.io packets are not: they start with a
-                    # digit), a debug log line and two wrappers
-                    try:
-                        await on_message(sock.sid, data[1:])
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:
-                        server.logger.exception("message async handler error")
-                else:
-                    await sock.receive(eio_packet.Packet(encoded_packet=data))
-            except eio_exceptions.UnknownPacketError:
-                pass
-            except eio_exceptions.SocketIsClosedError:
-                server.logger.info("Receive error -- socket is closed")
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                server.logger.exception("Unknown receive error")
-            if sock.closed:
-                # closed by the server meanwhile (a disconnect, a ping timeout found by
-                # engine.io's service task): a client that keeps sending would otherwise hold
-                # the WebSocket open; the library's writer closed it after its queue wait
-                break
-            # At most FRAMES_PER_TURN frames per turn of the event loop: a frame already
-            # buffered is returned without suspending, so a flooding client's backlog would
-            # otherwise be handled in one go while every other connection waits (handling a
-            # connection's whole burst in a row took the honest p99 under test_attack's floods
-            # from ~9 ms to 120-380 ms); one per turn, as the library's task per read gave,
-            # made every frame of a busy connection pay a turn (a task step through the whole
-            # request's coroutine stack), the largest cost per frame at saturation once writes
-            # were coalesced. A connection sending faster than its budget waits
-            # LOW_PRIORITY_TURNS turns: the loop then serves the connections within theirs
-            # (honest ones) first, and the flood's frames wait in the kernel's buffers, which
-            # cost nothing. Nothing received yet (most frames, below saturation): the next read
-            # suspends and gives everyone else their turn anyway, so no extra turn.
-            #
-            # Every frame read spends the right to frames in a row: a connection read faster
-            # than BATCH_RATE_DIVISOR allows (a backlog of a burst or a flood worked off one
-            # per turn) runs out of it, one behind at its modest own pace keeps it.
-            # one clock reading for both buckets (no budget, no batch: none)
-            now = budget.clock() if budget is not None else 0.0
-            earned = batch is not None and batch.allow(now=now)
-            if budget is not None and not budget.allow(now=now):
-                in_a_row = 0
+                parked = None
+            if woke and type(data) is not _Rest:
+                if data is _STOP:
+                    break
+                why = data  # the pace of the frames on_parsed handled
+            else:
+                outcome = data if woke else handle(data)
+                if outcome is not None and outcome is not _STOP:
+                    outcome = await outcome  # the rest of a handler that waited
+                if outcome is _STOP or sock.closed:
+                    break
+                why = pace()
+            if why is _LOW:
                 for _ in range(LOW_PRIORITY_TURNS):
                     await asyncio.sleep(0)
-            elif received is None:
+            elif why is _YIELD:
                 await asyncio.sleep(0)
-            elif received:
-                if earned and in_a_row < per_turn - 1 and len(received) <= BATCH_MAX_BACKLOG:
-                    in_a_row += 1  # the next one in this turn
-                else:
-                    in_a_row = 0
-                    await asyncio.sleep(0)
-            else:
-                in_a_row = 0
     finally:
+        if sync and protocol._payload_parser is not None:
+            protocol._payload_parser = parser
         deadline.cancel()
         sock.__dict__.pop("send", None)  # the library's send (the queue) from here on
         sock.__dict__.pop(_SEND_NOW, None)

@@ -1192,6 +1192,120 @@ async def test_relay_is_the_same_with_each_fast_path_off(server_factory, off):
         srv.stop()
 
 
+# -- fastpath: frames handled in the read callback (syncread) -----------------------------------
+
+
+@pytest.mark.parametrize("off", ["", "syncread"])
+async def test_fast_loop_handles_frames_in_the_read_callback_in_order(fast_server, monkeypatch,
+                                                                      off):
+    """With syncread, a frame is handled in aiohttp's read callback (no task runs the
+    handler) while the connection's task waits with nothing to read; a handler that has to
+    wait is finished by that task, and the frames behind it wait their turn: a burst of
+    alternating waiting and quick events is handled exactly in the order sent. Off: every
+    frame in the connection's task."""
+    import aiohttp
+
+    if off:
+        monkeypatch.setenv(OFF, off)
+    sio = fast_server["sio"]
+    sio.async_handlers = False  # as Signaling's server: handlers run in the reading code
+    order: list[int] = []
+    in_task: list[bool] = []
+
+    @sio.on("quick")
+    async def quick(sid, n):
+        in_task.append(asyncio.current_task() is not None)
+        order.append(n)
+
+    @sio.on("slow")
+    async def slow(sid, n):
+        await asyncio.sleep(0.005)
+        order.append(n)
+
+    n = 60
+    async with aiohttp.ClientSession() as session:
+        ws = await _raw_connect(session, fast_server["url"])
+        await ws.send_str('42["quick",-1]')
+        await _until(lambda: order == [-1], 5)
+        for i in range(n):  # written at once: parsed in one or a few reads
+            await ws.send_str(f'42["{"slow" if i % 3 == 0 else "quick"}",{i}]')
+        await _until(lambda: len(order) == n + 1, 10)
+        await ws.send_str('42["quick",-2]')
+        await _until(lambda: len(order) == n + 2, 5)
+        await ws.close()
+    assert order == [-1, *range(n), -2]
+    if off:
+        assert all(in_task)
+    else:  # the first and the last quick events came alone, to a parked task
+        assert in_task[0] is False and in_task[-1] is False
+
+
+async def test_fast_loop_reads_in_the_callback_until_the_client_closes(fast_server):
+    """A client that closes, or drops its TCP connection, while the connection's task is
+    parked: the server sees it at once (disconnect handler), not at the ping timeout."""
+    import aiohttp
+
+    events = fast_server["events"]
+    async with aiohttp.ClientSession() as session:
+        ws = await _raw_connect(session, fast_server["url"])
+        await _until(lambda: [e for e, _ in events].count("connect") == 1, 5)
+        await ws.close()
+        waited = await _until(lambda: [e for e, _ in events].count("disconnect") == 1, 1.5)
+        ws = await _raw_connect(session, fast_server["url"])
+        await _until(lambda: [e for e, _ in events].count("connect") == 2, 5)
+        ws._writer.transport.abort()  # no close frame: the TCP connection ends
+        waited = max(waited, await _until(
+            lambda: [e for e, _ in events].count("disconnect") == 2, 1.5))
+    assert waited < 1.0  # the ping window is 1 + 1 s
+
+
+def test_rest_of_a_handler_finishes_in_the_task_and_classifies_errors():
+    """fastpath._Rest: a coroutine started outside a task (it yielded a future) is finished
+    by the task awaiting it, with the value it is sent; its errors are what ``failed`` says;
+    a cancel goes through to it."""
+    from engineio import exceptions as eio_exceptions
+
+    from incognito_onion import fastpath
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        seen = []
+
+        async def handler(fut, then=None):
+            seen.append(await fut)
+            await asyncio.sleep(0)
+            if then is not None:
+                raise then
+
+        def failed(err):
+            seen.append(type(err).__name__)
+            return fastpath._STOP if isinstance(err, eio_exceptions.SocketIsClosedError) \
+                else None
+
+        async def started(then=None):
+            fut = loop.create_future()
+            coro = handler(fut, then)
+            rest = fastpath._Rest(coro, coro.send(None), failed)
+            loop.call_soon(fut.set_result, "value")
+            return await rest
+
+        assert await started() is None
+        assert await started(ValueError("x")) is None
+        assert await started(eio_exceptions.SocketIsClosedError()) is fastpath._STOP
+        assert seen == ["value", "value", "ValueError", "value", "SocketIsClosedError"]
+
+        fut = loop.create_future()
+        coro = handler(fut)
+        task = asyncio.ensure_future(fastpath._Rest(coro, coro.send(None), failed))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert coro.cr_frame is None  # the handler itself was cancelled and ended
+
+    runtime.run(main())
+
+
 # -- fastpath: engine.io's service task in slices ------------------------------------------------
 
 
