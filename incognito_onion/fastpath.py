@@ -796,7 +796,8 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
             if woke and type(data) is not _Rest:
                 if data is _STOP:
                     break
-                why = data  # the pace of the frames on_parsed handled
+                # the pace of the frames on_parsed handled: the others' turn was this wake-up
+                why = None if data is _YIELD else data
             else:
                 outcome = data if woke else handle(data)
                 if outcome is not None and outcome is not _STOP:
