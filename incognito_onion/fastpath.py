@@ -397,6 +397,8 @@ _STOP = object()  # a frame's outcome: the connection ends
 _LOW = object()  # its pace: the connection is over its frame budget (low priority)
 _YIELD = object()  # its pace: the other connections' turn first
 _TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
+# asyncio's own bookkeeping of the running task (C-accelerated), for on_parsed in _serve
+_enter_task, _leave_task = asyncio.tasks._enter_task, asyncio.tasks._leave_task
 
 
 class _Rest:
@@ -743,10 +745,16 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
         if fut is not None and not fut.done():
             fut.set_result(why)
 
+    task = deadline.task
+
     def on_parsed() -> None:
-        """Handles the frames just parsed while the task is parked (see above)."""
+        """Handles the frames just parsed while the task is parked (see above), as the
+        connection's task: the handlers see it as ``asyncio.current_task()``, as they did
+        when it ran them (``asyncio.timeout``, which redis' client uses, needs a task; its
+        cancel then reaches the rest of the handler, which that task awaits)."""
         if parked is None:
             return  # the task runs, or will: it reads them
+        _enter_task(loop, task)
         try:
             deadline.since = loop.time()  # something came: the connection is alive
             while received and not resp.closed:  # closed: aiohttp's close reads the rest
@@ -766,6 +774,8 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
         except Exception:
             server.logger.exception("Unknown receive error")
             unpark(_STOP)
+        finally:
+            _leave_task(loop, task)
 
     if sync:
         protocol._payload_parser = _DispatchingParser(parser, on_parsed)
