@@ -242,6 +242,12 @@ FRAME_BUDGET_ATTR = "incognito_frame_budget"
 LOW_PRIORITY_TURNS = 8
 #: refused events (errors) that use up a connection's whole frame burst (:func:`charge_refusal`)
 REFUSALS_PER_BURST = 16
+#: the share of its frame burst a new connection starts with (the rest earned at the budget's
+#: rate): an honest client opens with a few dozen frames (create or join, SDP, ICE), while a
+#: connection opened to flood or guess has, with its refusals charged, run out after a handful
+#: (test_attack's 100 clients bursting refused events at once, each with a whole burst, were
+#: read at full priority for 16 refusals each: the honest pair's p99 tail)
+FRESH_BUDGET = 0.25
 _BUDGET_KEY = "_incognito_budget"  # the socket's frame budget, for charge_refusal
 _SEND_NOW = "_incognito_send_now"  # the socket's send_now while _serve runs it
 #: frames of one connection (within its budget) handled in a row before the others get a
@@ -486,7 +492,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     max_size = server.max_http_buffer_size
     queue = sock.queue
     rate_burst = getattr(server, FRAME_BUDGET_ATTR, None)
-    budget = TokenBucket(*rate_burst) if rate_burst else None
+    budget = TokenBucket(*rate_burst, fill=FRESH_BUDGET) if rate_burst else None
     setattr(sock, _BUDGET_KEY, budget)
     per_turn = FRAMES_PER_TURN if runtime.enabled("batchread") else 1
     # frames in a row only for a connection at a modest rate, which is behind because the

@@ -31,6 +31,15 @@ def test_bucket_spend_goes_into_debt_of_one_burst_and_earns_it_back():
     assert b.allow() and not b.allow()
 
 
+def test_bucket_fill_grants_a_share_of_the_burst_and_the_rest_is_earned():
+    c = Clock()
+    b = TokenBucket(rate=10, burst=8, clock=c, fill=0.25)
+    assert [b.allow() for _ in range(3)] == [True, True, False]
+    c.t += 100
+    assert sum(b.allow() for _ in range(50)) == 8
+    assert TokenBucket(rate=10, burst=8, clock=c, empty=True).tokens == 0
+
+
 def test_throttle_once_per_interval():
     c = Clock()
     t = Throttle(1.0, clock=c)
