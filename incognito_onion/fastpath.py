@@ -403,8 +403,10 @@ _STOP = object()  # a frame's outcome: the connection ends
 _LOW = object()  # its pace: the connection is over its frame budget (low priority)
 _YIELD = object()  # its pace: the other connections' turn first
 _TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
-# asyncio's own bookkeeping of the running task (C-accelerated), for on_parsed in _serve
-_enter_task, _leave_task = asyncio.tasks._enter_task, asyncio.tasks._leave_task
+# asyncio's own bookkeeping of the running task (C-accelerated), for on_parsed in _serve;
+# private: a Python without them reads in the connection's task (no syncread)
+_enter_task = getattr(asyncio.tasks, "_enter_task", None)
+_leave_task = getattr(asyncio.tasks, "_leave_task", None)
 
 
 class _Rest:
@@ -741,7 +743,8 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     frames = getattr(resp, "_reader", None)  # aiohttp's queue of parsed frames
     protocol = getattr(request, "protocol", None)
     parser = getattr(protocol, "_payload_parser", None)
-    sync = (runtime.enabled("syncread") and received is not None and frames is not None
+    sync = (runtime.enabled("syncread") and _enter_task is not None and _leave_task is not None
+            and received is not None and frames is not None
             and parser is not None and parser is getattr(resp, "_parser", None))
     parked: asyncio.Future[Any] | None = None  # the parked task waits on it
 
