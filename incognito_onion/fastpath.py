@@ -34,6 +34,9 @@ the read timeout kept by one lazily re-armed timer: a frame costs a clock read. 
   ``FRAMES_PER_TURN`` of its already-received frames handled in a row (knob ``batchread``),
   a burst or a flood one per turn: each turn costs a task step through the request's whole
   coroutine stack;
+- while the connection's task waits with nothing to read, the frames just parsed are handled
+  in aiohttp's read callback (knob ``syncread``) as that task, without a wake-up of it per
+  frame; what must wait goes back to the task (see ``on_parsed`` in :func:`_serve`);
 - a text MESSAGE frame (every socket.io packet) goes to engine.io's ``message`` handler without
   an engine.io ``Packet``, whose decode first tried the text as JSON;
 - engine.io's pings run on a timer per connection, not a task sleeping out each interval;
