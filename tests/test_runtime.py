@@ -1272,6 +1272,44 @@ async def test_fast_loop_reads_in_the_callback_until_the_client_closes(fast_serv
     assert waited < 1.0  # the ping window is 1 + 1 s
 
 
+async def test_fast_loop_answers_websocket_pings_between_frames_read_in_the_callback(
+        fast_server):
+    """A WebSocket-level ping (not engine.io's) reaching a parked connection goes to aiohttp's
+    receive, which answers it; the frames after it are still handled, in order."""
+    import aiohttp
+
+    sio = fast_server["sio"]
+    sio.async_handlers = False
+    order: list[int] = []
+
+    @sio.on("quick")
+    async def quick(sid, n):
+        order.append(n)
+
+    pongs = []
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(
+            f"{fast_server['url']}/socket.io/?EIO=4&transport=websocket", autoping=False)
+        assert (await ws.receive_str(timeout=5)).startswith("0{")
+        await ws.send_str("40")
+        assert (await ws.receive_str(timeout=5)).startswith("40")
+        for round_ in range(3):
+            await ws.send_str(f'42["quick",{2 * round_}]')
+            await ws.ping(f"hi{round_}".encode())
+            await ws.send_str(f'42["quick",{2 * round_ + 1}]')
+            await _until(lambda: len(order) == 2 * round_ + 2, 5)
+            while True:  # the pong, past engine.io's own pings (answered)
+                msg = await ws.receive(timeout=5)
+                if msg.type is aiohttp.WSMsgType.PONG:
+                    pongs.append(msg.data)
+                    break
+                if msg.type is aiohttp.WSMsgType.TEXT and msg.data == "2":
+                    await ws.send_str("3")
+        await ws.close()
+    assert order == list(range(6))
+    assert pongs == [b"hi0", b"hi1", b"hi2"]
+
+
 def test_rest_of_a_handler_finishes_in_the_task_and_classifies_errors():
     """fastpath._Rest: a coroutine started outside a task (it yielded a future) is finished
     by the task awaiting it, with the value it is sent; its errors are what ``failed`` says;
