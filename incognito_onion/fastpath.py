@@ -429,21 +429,16 @@ class _Rest:
         coro, yielded = self.coro, self.yielded
         while True:
             try:
-                sent = yield yielded
-            except BaseException as exc:  # thrown in by the task: a cancel
                 try:
+                    sent = yield yielded
+                except BaseException as exc:  # thrown in by the task: a cancel
                     yielded = coro.throw(exc)
-                except StopIteration:
-                    return None
-                except Exception as err:
-                    return self.failed(err)
-            else:
-                try:
+                else:
                     yielded = coro.send(sent)
-                except StopIteration:
-                    return None
-                except Exception as err:
-                    return self.failed(err)
+            except StopIteration:
+                return None
+            except Exception as err:
+                return self.failed(err)
 
 
 class _DispatchingParser:
