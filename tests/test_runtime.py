@@ -923,6 +923,27 @@ async def test_fast_loop_reads_a_connection_whose_events_are_refused_at_low_prio
     assert refused * 2 < accepted
 
 
+async def test_fast_loop_a_new_connection_starts_with_a_share_of_its_frame_burst(fast_server):
+    """FRESH_BUDGET of the burst at the start, the rest earned at the budget's rate: a client
+    opened to flood or guess reaches low priority after a few refusals (see above)."""
+    import aiohttp
+
+    from incognito_onion import fastpath
+
+    sio = fast_server["sio"]
+    setattr(sio.eio, fastpath.FRAME_BUDGET_ATTR, (1.0, 800))  # earns 1 frame a second
+    async with aiohttp.ClientSession() as session:
+        ws = await _raw_connect(session, fast_server["url"])
+        budgets = [getattr(s, fastpath._BUDGET_KEY) for s in sio.eio.sockets.values()
+                   if not s.closed]
+        assert len(budgets) == 1
+        budget = budgets[0]
+        assert budget.burst == 800
+        # what it has read since (the "40" connect) taken, a few seconds of earnings added
+        assert 800 * fastpath.FRESH_BUDGET - 3 <= budget.tokens <= 800 * fastpath.FRESH_BUDGET + 3
+        await ws.close()
+
+
 def test_charge_refusal_ignores_connections_off_the_fast_path():
     from types import SimpleNamespace
 
