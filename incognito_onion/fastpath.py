@@ -499,7 +499,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     # whole server is busy (many such connections), not because it floods: a flood gets one
     # frame per turn well before it runs out of its budget; earned, not granted (see
     # BATCH_RATE_DIVISOR)
-    batch = (TokenBucket(rate_burst[0] / BATCH_RATE_DIVISOR, FRAMES_PER_TURN, empty=True)
+    batch = (TokenBucket(rate_burst[0] / BATCH_RATE_DIVISOR, FRAMES_PER_TURN, fill=0.0)
              if rate_burst and per_turn > 1 else None)
     request = getattr(ws, "environ", {}).get("aiohttp.request")
     transport = getattr(request, "transport", None)

@@ -11,15 +11,15 @@ from collections.abc import Callable
 
 class TokenBucket:
     """``rate`` events per second sustained, ``burst`` at once; ``fill``: the share of the
-    burst granted at the start, the rest earned at ``rate`` (``empty``: none granted)."""
+    burst granted at the start, the rest earned at ``rate``."""
 
     __slots__ = ("rate", "burst", "tokens", "stamp", "clock")
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic,
-                 *, empty: bool = False, fill: float = 1.0):
+                 *, fill: float = 1.0):
         self.rate = rate
         self.burst = float(burst)
-        self.tokens = 0.0 if empty else float(burst) * fill
+        self.tokens = float(burst) * fill
         self.clock = clock
         self.stamp = clock()
 

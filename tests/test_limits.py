@@ -37,7 +37,7 @@ def test_bucket_fill_grants_a_share_of_the_burst_and_the_rest_is_earned():
     assert [b.allow() for _ in range(3)] == [True, True, False]
     c.t += 100
     assert sum(b.allow() for _ in range(50)) == 8
-    assert TokenBucket(rate=10, burst=8, clock=c, empty=True).tokens == 0
+    assert TokenBucket(rate=10, burst=8, clock=c, fill=0.0).tokens == 0
 
 
 def test_throttle_once_per_interval():
