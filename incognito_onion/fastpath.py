@@ -763,7 +763,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
             return  # the task runs, or will: it reads them
         _enter_task(loop, task)
         try:
-            deadline.since = loop.time()  # something came: the connection is alive
+            deadline.begin()  # something came: the connection is alive (the wait goes on)
             while received and not resp.closed:  # closed: aiohttp's close reads the rest
                 msg = received[0][0]
                 if msg.type is not _TEXT and msg.type is not _BINARY:
