@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 
 
@@ -47,29 +48,54 @@ class TokenBucket:
 
 
 class TurnGate:
-    """At most ``per_turn`` passes per turn of the event loop; the others wait for later turns.
+    """About ``per_turn`` passes per turn of the event loop; the others wait, first come first
+    served, for later turns.
 
     Why: a hundred clients connecting at once had every handshake (aiohttp's upgrade,
     engine.io's session, the first writes) run in one turn of the loop, and every established
     connection's next event waited behind all of them (tests/test_attack.py: the honest p99
     under attack was ~20 ms with the storm, ~5 ms without). Spread over turns, the storm
-    interleaves with everyone else's traffic."""
+    interleaves with everyone else's traffic.
 
-    __slots__ = ("per_turn", "used")
+    The waiters sleep on futures that one callback per turn releases: a waiter that polled
+    (``sleep(0)`` until a slot is free) cost a task step per waiter per turn, so a storm of a
+    hundred made every turn a hundred steps longer for as long as it lasted."""
+
+    __slots__ = ("per_turn", "used", "waiters", "_scheduled")
 
     def __init__(self, per_turn: int):
         self.per_turn = per_turn
-        self.used = 0
-
-    def _reset(self) -> None:
-        self.used = 0
+        self.used = 0  # passes counted against the current turn
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self._scheduled = False
 
     async def wait(self) -> None:
-        while self.used >= self.per_turn:
-            await asyncio.sleep(0)
-        if self.used == 0:  # the first pass this turn: the count starts afresh next turn
-            asyncio.get_running_loop().call_soon(self._reset)
-        self.used += 1
+        if self.used < self.per_turn and not self.waiters:
+            self.used += 1
+            self._schedule()
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        self._schedule()
+        await fut  # released (and counted) by _turn
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn)
+
+    def _turn(self) -> None:
+        """Once per turn while there is anything to count: the count starts afresh with the
+        oldest waiters, which run in the next turn (a cancelled one is skipped)."""
+        self._scheduled = False
+        self.used = 0
+        while self.waiters and self.used < self.per_turn:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                self.used += 1
+        if self.used or self.waiters:
+            self._schedule()
 
 
 class Throttle:

@@ -73,6 +73,44 @@ async def test_turn_gate_lets_per_turn_through_each_turn_of_the_loop():
     assert max(per_turn.values()) == 4 and len(per_turn) == 5, per_turn
 
 
+async def test_turn_gate_waiters_sleep_until_released_first_come_first_served():
+    """200 waiters on a gate of 4: they pass in the order they came, a cancelled one is
+    skipped without taking a slot, and a waiter is not woken again and again while it waits:
+    the loop's ready queue stays short (a gate that polled with ``sleep(0)`` put every waiter
+    in it every turn, 200 task steps per turn for the whole storm)."""
+    import asyncio
+
+    from incognito_onion.limits import TurnGate
+    from tests.support.loop_turns import LoopTurns
+
+    loop = asyncio.get_running_loop()
+    gate = TurnGate(4)
+    order: list[int] = []
+    longest_queue = [0]
+
+    async def one(k: int):
+        await gate.wait()
+        order.append(k)
+
+    with LoopTurns() as turns:
+        tasks = [asyncio.ensure_future(one(k)) for k in range(200)]
+        await asyncio.sleep(0)
+        tasks[100].cancel()  # waiting: its slot goes to the next
+
+        def peek():
+            # asyncio's own loop (pytest-asyncio's): _ready is what runs in the next turn
+            longest_queue[0] = max(longest_queue[0], len(loop._ready))
+            if not all(t.done() for t in tasks):
+                loop.call_soon(peek)
+
+        peek()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+        last = turns.n
+    assert order == [k for k in range(200) if k != 100]
+    assert longest_queue[0] < 20, longest_queue[0]
+    assert last < 60  # 199 / 4 turns and a few
+
+
 def test_allow_with_the_caller_s_clock_reading_is_allow():
     c1, c2 = Clock(), Clock()
     a = TokenBucket(rate=7, burst=3, clock=c1)
