@@ -76,7 +76,7 @@ from engineio.async_socket import AsyncSocket
 from socketio import packet as sio_packet
 
 from . import runtime
-from .limits import TokenBucket
+from .limits import TokenBucket, TurnDelay
 
 
 def has_binary(data: Any) -> bool:
@@ -243,6 +243,7 @@ def _engineio_version() -> str:
 FRAME_BUDGET_ATTR = "incognito_frame_budget"
 #: turns of the event loop a connection over its frame budget waits before its next frame
 LOW_PRIORITY_TURNS = 8
+_LOW_WAIT = TurnDelay()  # one wake-up per wait, not a task step per turn
 #: refused events (errors) that use up a connection's whole frame burst (:func:`charge_refusal`)
 REFUSALS_PER_BURST = 16
 #: the share of its frame burst a new connection starts with (the rest earned at the budget's
@@ -823,8 +824,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
                     break
                 why = pace()
             if why is _LOW:
-                for _ in range(LOW_PRIORITY_TURNS):
-                    await asyncio.sleep(0)
+                await _LOW_WAIT.turns(LOW_PRIORITY_TURNS)
             elif why is _YIELD:
                 await asyncio.sleep(0)
     finally:

@@ -98,6 +98,51 @@ class TurnGate:
             self._schedule()
 
 
+class TurnDelay:
+    """Waits of a number of turns of the event loop, for any number of waiters at the cost of
+    one callback per turn (while someone waits) and one wake-up per waiter.
+
+    Why: a connection over its frame budget waits some turns before its next frame
+    (``fastpath.LOW_PRIORITY_TURNS``). As ``sleep(0)`` in a loop that was a task step through
+    the connection's whole coroutine stack per turn per flooding connection: a hundred
+    flooders made every turn a hundred steps longer, which every honest frame waited behind."""
+
+    __slots__ = ("turn", "due", "_scheduled", "_loop")
+
+    def __init__(self) -> None:
+        self._start(None)
+
+    def _start(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.turn = 0  # turns counted while someone waited
+        self.due: dict[int, list[asyncio.Future[None]]] = {}
+        self._scheduled = False
+        self._loop = loop
+
+    async def turns(self, n: int) -> None:
+        """Resume about ``n`` turns from now (``n`` + 1: released in the n-th, run in the
+        next; as ``n`` times ``sleep(0)`` would, give or take one)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop (tests run several): nothing carries over
+            self._start(loop)
+        fut = loop.create_future()
+        self.due.setdefault(self.turn + n, []).append(fut)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._tick)
+        await fut
+
+    def _tick(self) -> None:
+        """Once per turn while anyone waits; a released waiter runs in the next turn."""
+        self._scheduled = False
+        self.turn += 1
+        for fut in self.due.pop(self.turn, ()):
+            if not fut.done():
+                fut.set_result(None)
+        if self.due and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._tick)
+
+
 class Throttle:
     """True at most once per ``interval`` seconds."""
 

@@ -111,6 +111,59 @@ async def test_turn_gate_waiters_sleep_until_released_first_come_first_served():
     assert last < 60  # 199 / 4 turns and a few
 
 
+async def test_turn_delay_resumes_after_n_turns_without_waking_waiters_each_turn():
+    """100 waiters of 8 turns each: every one resumes 8-9 turns later, a cancelled one does
+    not hold up the rest, and the waiters are in the loop's ready queue only when they start
+    and when they resume, not in the turns between (8 x ``sleep(0)`` put all 100 in it in each
+    of the 8 turns: 100 task steps per turn)."""
+    import asyncio
+
+    from incognito_onion.limits import TurnDelay
+    from tests.support.loop_turns import LoopTurns
+
+    loop = asyncio.get_running_loop()
+    delay = TurnDelay()
+    waited: list[int] = []
+    crowded_turns = [0]
+
+    async def one():
+        start = turns.n
+        await delay.turns(8)
+        waited.append(turns.n - start)
+
+    with LoopTurns() as turns:
+        tasks = [asyncio.ensure_future(one()) for _ in range(100)]
+        await asyncio.sleep(0)
+        tasks[7].cancel()
+
+        def peek():
+            crowded_turns[0] += len(loop._ready) > 10  # asyncio's own loop: the next turn
+            if not all(t.done() for t in tasks):
+                loop.call_soon(peek)
+
+        peek()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+    assert len(waited) == 99 and set(waited) <= {8, 9, 10}, sorted(set(waited))
+    assert crowded_turns[0] <= 3, crowded_turns[0]
+
+
+def test_turn_delay_starts_afresh_on_a_new_event_loop():
+    """A loop that ended with a waiter (its tick never ran) leaves nothing that stalls the
+    next loop's waiters."""
+    import asyncio
+
+    from incognito_onion.limits import TurnDelay
+
+    delay = TurnDelay()
+
+    async def abandon():
+        asyncio.ensure_future(delay.turns(50))
+        await asyncio.sleep(0)
+
+    asyncio.run(abandon())
+    asyncio.run(asyncio.wait_for(delay.turns(3), 2))
+
+
 def test_allow_with_the_caller_s_clock_reading_is_allow():
     c1, c2 = Clock(), Clock()
     a = TokenBucket(rate=7, burst=3, clock=c1)
