@@ -125,7 +125,7 @@ class TurnDelay:
         if loop is not self._loop:  # a new loop (tests run several): nothing carries over
             self._start(loop)
         fut = loop.create_future()
-        self.due.setdefault(self.turn + n, []).append(fut)
+        self.due.setdefault(self.turn + max(1, n), []).append(fut)  # 0 would never come
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._tick)
