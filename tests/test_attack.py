@@ -5,10 +5,10 @@
 - a fast fuzz of ≥100 000 random and malformed Engine.IO / Socket.IO frames over raw WebSockets
   from several connections at once, each batch of frames confirmed handled by the server (an
   in-order WebSocket ping) and a connection the fuzz ended opened again, plus event floods from
-  one client and from many: the server
-  stays up, its RSS stays bounded, and honest pairs in other rooms keep relaying with a p99
-  latency within 2× of their calm p99 (calm: before, after, and while the same attack hits
-  another server process on this machine, which loads the machine but not this server);
+  one client and from many: the server stays up, its RSS stays bounded, and honest pairs in
+  other rooms keep relaying with a p99 latency within 2× of their calm p99 (calm: before,
+  after, and while the same attack hits another server process on this machine, which loads
+  the machine but not this server);
 - logs at debug level of a full browser call through coturn carry no address, room id, peer id,
   key, chat text or display name; state files are 0600; no request ever carried the URL
   fragment.
