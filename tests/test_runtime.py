@@ -1008,13 +1008,19 @@ async def test_fast_loop_keeps_the_order_of_direct_and_queued_frames(fast_server
         await b.disconnect()
 
 
-@pytest.mark.parametrize("off, writes", [("", [30]), ("coalesce", [1] * 30)])
+@pytest.mark.parametrize("off, busy, writes", [
+    ("", True, [30]), ("", False, [1, 29]), ("coalesce", True, [1] * 30)])
 async def test_fast_loop_writes_a_turn_s_frames_to_one_connection_at_once(
-        fast_server, monkeypatch, off, writes):
+        fast_server, monkeypatch, off, busy, writes):
     """Frames sent to one connection within one turn of the event loop leave in one write (a
     write is a syscall: one per frame was a quarter of the relay's CPU under load), whole and
-    in order; with ``coalesce`` off, one write each."""
+    in order. When the server was idle before the frame that sends them, the first leaves at
+    once and the rest together; with ``coalesce`` off, one write each."""
+    from incognito_onion import fastpath
+
     monkeypatch.setenv(OFF, off)  # read when the connection opens
+    # busy: every frame follows the last within BUSY_GAP; idle: none does
+    monkeypatch.setattr(fastpath, "BUSY_GAP", 1e9 if busy else 0.0)
     sio = fast_server["sio"]
 
     @sio.on("burst")
