@@ -29,7 +29,8 @@ the read timeout kept by one lazily re-armed timer: a frame costs a clock read. 
   connection's writer task per frame; the writer still takes what cannot go straight;
 - the frames one connection is sent within one turn of the loop leave in one write, made by
   one callback for every connection at the start of the next turn (knob ``coalesce``): a
-  write is a syscall, the largest single cost per frame;
+  write is a syscall, the largest single cost per frame. While the server is idle between
+  frames (light load), the first of them leaves at once: there is nothing to join it with;
 - a connection at a modest rate that fell behind a busy server has up to
   ``FRAMES_PER_TURN`` of its already-received frames handled in a row (knob ``batchread``),
   a burst or a flood one per turn: each turn costs a task step through the request's whole
