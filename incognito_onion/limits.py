@@ -47,7 +47,45 @@ class TokenBucket:
         self.tokens = max(-self.burst, self.tokens - cost)
 
 
-class TurnGate:
+class _EachTurn:
+    """A callback once per turn of the event loop for as long as :meth:`_turn` says there is
+    more to do: what :class:`TurnGate` and :class:`TurnDelay` share. Its state belongs to one
+    loop: on another (tests run several) it starts afresh (:meth:`_reset`), instead of waiting
+    for the callback of a loop that ended."""
+
+    __slots__ = ("_scheduled", "_loop")
+
+    def __init__(self) -> None:
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget the waiters and counts of another loop."""
+
+    def _turn(self) -> bool:
+        """This turn's work; True while there is more for the next turns."""
+        return False
+
+    def _running(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._scheduled = loop, False
+            self._reset()
+        return loop
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self._scheduled = False
+        if self._turn() and self._loop is not None:
+            self._schedule(self._loop)
+
+
+class TurnGate(_EachTurn):
     """About ``per_turn`` passes per turn of the event loop; the others wait, first come first
     served, for later turns.
 
@@ -61,44 +99,40 @@ class TurnGate:
     (``sleep(0)`` until a slot is free) cost a task step per waiter per turn, so a storm of a
     hundred made every turn a hundred steps longer for as long as it lasted."""
 
-    __slots__ = ("per_turn", "used", "waiters", "_scheduled")
+    __slots__ = ("per_turn", "used", "waiters")
 
     def __init__(self, per_turn: int):
         self.per_turn = per_turn
+        super().__init__()
+
+    def _reset(self) -> None:
         self.used = 0  # passes counted against the current turn
         self.waiters: deque[asyncio.Future[None]] = deque()
-        self._scheduled = False
 
     async def wait(self) -> None:
+        loop = self._running()
         if self.used < self.per_turn and not self.waiters:
             self.used += 1
-            self._schedule()
+            self._schedule(loop)
             return
-        fut = asyncio.get_running_loop().create_future()
+        fut = loop.create_future()
         self.waiters.append(fut)
-        self._schedule()
+        self._schedule(loop)
         await fut  # released (and counted) by _turn
 
-    def _schedule(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._turn)
-
-    def _turn(self) -> None:
-        """Once per turn while there is anything to count: the count starts afresh with the
-        oldest waiters, which run in the next turn (a cancelled one is skipped)."""
-        self._scheduled = False
+    def _turn(self) -> bool:
+        """The count starts afresh with the oldest waiters, which run in the next turn (a
+        cancelled one is skipped)."""
         self.used = 0
         while self.waiters and self.used < self.per_turn:
             fut = self.waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
                 self.used += 1
-        if self.used or self.waiters:
-            self._schedule()
+        return bool(self.used or self.waiters)
 
 
-class TurnDelay:
+class TurnDelay(_EachTurn):
     """Waits of a number of turns of the event loop, for any number of waiters at the cost of
     one callback per turn (while someone waits) and one wake-up per waiter.
 
@@ -107,40 +141,28 @@ class TurnDelay:
     the connection's whole coroutine stack per turn per flooding connection: a hundred
     flooders made every turn a hundred steps longer, which every honest frame waited behind."""
 
-    __slots__ = ("turn", "due", "_scheduled", "_loop")
+    __slots__ = ("turn", "due")
 
-    def __init__(self) -> None:
-        self._start(None)
-
-    def _start(self, loop: asyncio.AbstractEventLoop | None) -> None:
+    def _reset(self) -> None:
         self.turn = 0  # turns counted while someone waited
         self.due: dict[int, list[asyncio.Future[None]]] = {}
-        self._scheduled = False
-        self._loop = loop
 
     async def turns(self, n: int) -> None:
         """Resume about ``n`` turns from now (``n`` + 1: released in the n-th, run in the
         next; as ``n`` times ``sleep(0)`` would, give or take one)."""
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a new loop (tests run several): nothing carries over
-            self._start(loop)
+        loop = self._running()
         fut = loop.create_future()
         self.due.setdefault(self.turn + max(1, n), []).append(fut)  # 0 would never come
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._tick)
+        self._schedule(loop)
         await fut
 
-    def _tick(self) -> None:
-        """Once per turn while anyone waits; a released waiter runs in the next turn."""
-        self._scheduled = False
+    def _turn(self) -> bool:
+        """A released waiter runs in the next turn."""
         self.turn += 1
         for fut in self.due.pop(self.turn, ()):
             if not fut.done():
                 fut.set_result(None)
-        if self.due and self._loop is not None:
-            self._scheduled = True
-            self._loop.call_soon(self._tick)
+        return bool(self.due)
 
 
 class Throttle:
