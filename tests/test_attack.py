@@ -186,7 +186,7 @@ async def test_churning_connections_is_asked_to_retry(live_server: LiveServer):
 
 FUZZ_FRAMES = 100_000
 # honest pairs, each in its own room, each sending one message every SAMPLE_PERIOD s (under
-# limits.events_per_second): the attack proper lasts ~1.2 s, and its p99 should be a
+# limits.events_per_second): the attack proper lasts some seconds, and its p99 should be a
 # percentile (the worst few of hundreds), not the single worst sample
 HONEST_PAIRS = 12
 SAMPLE_PERIOD = 0.025
@@ -353,13 +353,12 @@ async def _fuzz_conn(ws_url: str, frames: list, quota: int, counts: collections.
                     else:
                         counts["ended"] += len(batch)
             except (aiohttp.ClientError, ConnectionError, RuntimeError):
-                counts["ended"] += 1
+                counts["send_failed"] += 1
             finally:
                 with contextlib.suppress(Exception):
                     await ws.close()
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
-        counts["conn_done"] += 1
 
 
 async def _flood_one(base: str, ws_url: str, n: int, counts: collections.Counter) -> None:
@@ -449,8 +448,8 @@ class HonestPair:
         self.base = base
         self.a = socketio.AsyncClient(reconnection=False)
         self.b = socketio.AsyncClient(reconnection=False)
+        # time.monotonic(): comparable with the attacker's (another process) on one machine
         self.sent: dict[str, float] = {}
-        self.sent_at: dict[str, float] = {}  # time.monotonic(), comparable across processes
         self.lat: dict[str, float] = {}
         self.room = ""
         self.arrived = asyncio.Event()
@@ -462,7 +461,7 @@ class HonestPair:
 
         @self.b.on("message")
         async def _got(payload):
-            t = time.perf_counter()
+            t = time.monotonic()
             d = payload.get("data") if isinstance(payload, dict) else None
             if d in self.sent and d not in self.lat:
                 self.lat[d] = t - self.sent[d]
@@ -495,8 +494,7 @@ class HonestPair:
                 break
             n += 1
             d = f"{secrets.token_hex(4)}-{n}"
-            self.sent_at[d] = time.monotonic()
-            self.sent[d] = time.perf_counter()
+            self.sent[d] = time.monotonic()
             mine.append(d)
             await self.a.emit("message", {"room": self.room, "data": d})
         deadline = time.monotonic() + 10
@@ -512,7 +510,7 @@ class HonestPair:
             worst = sorted(mine, key=lambda d: -self.lat[d])[:8]
             print("worst:", [(round(self.sent[d] - t0, 2), round(self.lat[d] * 1e3, 1))
                              for d in worst])
-        return [(self.sent_at[d], self.lat[d]) for d in mine]
+        return [(self.sent[d], self.lat[d]) for d in mine]
 
 
 class HonestPairs:
