@@ -1,0 +1,76 @@
+"""bench/relay_load.py's rounds (``--repeat``) and issue 8's verdict on them.
+
+The verdict is pure arithmetic over run results, tested here on made-up results; a small live
+run checks that rounds run and are numbered (the numbers themselves are the benchmark's to
+report, not asserted)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _relay_load():
+    spec = importlib.util.spec_from_file_location("relay_load", REPO / "bench" / "relay_load.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(server: str, rnd: int, p99: float, delivered: float = 3000.0, lost: int = 0,
+         rate: float = 1.0) -> dict:
+    return {"server": server, "round": rnd, "config": {"rate": rate},
+            "latency_ms": {"p50": p99 / 3, "p99": p99}, "delivered_per_s": delivered,
+            "lost": lost, "errors_total": 0}
+
+
+def test_verdict_is_on_the_medians_of_the_rounds_not_on_one_pair():
+    rl = _relay_load()
+    # ours loses round 1 by a little and wins rounds 2 and 3: the medians decide
+    runs = [_run("ours", 1, 1.5), _run("node", 1, 1.4),
+            _run("node", 2, 1.6), _run("ours", 2, 1.3),
+            _run("ours", 3, 1.2), _run("node", 3, 1.5)]
+    (v,) = rl.rounds_verdicts(runs)
+    assert v["rounds"] == 3 and v["rounds_p99_ours_le_node"] == 2
+    assert v["p99_ms"] == {"ours": 1.3, "node": 1.5}
+    assert v["p99_le_node"] and v["throughput_ge_node"]
+    assert "met" in rl.verdict_report([v]).splitlines()[-1]
+
+
+def test_verdict_not_met_on_a_higher_median_p99_or_lower_throughput():
+    rl = _relay_load()
+    slower = [_run("ours", k, 2.0) for k in (1, 2, 3)] + [_run("node", k, 1.0) for k in (1, 2, 3)]
+    (v,) = rl.rounds_verdicts(slower)
+    assert not v["p99_le_node"] and v["rounds_p99_ours_le_node"] == 0
+    assert rl.verdict_report([v]).splitlines()[-1].rstrip().endswith("not met")
+    # a server that falls behind delivers less: its faster p99 does not make up for it
+    behind = [_run("ours", 1, 1.0, delivered=2500, lost=30_000), _run("node", 1, 2.0)]
+    (v,) = rl.rounds_verdicts(behind)
+    assert v["p99_le_node"] and not v["throughput_ge_node"]
+    assert v["rounds_lost_or_errors"] == {"ours": 1, "node": 0}
+
+
+def test_verdict_per_rate_and_only_on_rounds_both_servers_ran():
+    rl = _relay_load()
+    runs = [_run("ours", 1, 1.0, rate=4), _run("node", 1, 2.0, rate=4),
+            _run("ours", 2, 9.0, rate=4),  # its Node run never happened (interrupted)
+            _run("ours", 1, 3.0), _run("node", 1, 2.0)]
+    verdicts = rl.rounds_verdicts(runs)
+    assert [(v["rate"], v["rounds"], v["p99_le_node"]) for v in verdicts] == [
+        (1.0, 1, False), (4, 1, True)]
+
+
+def test_repeat_runs_numbered_rounds_against_the_real_server():
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "relay_load.py"), "--clients", "8", "--rate", "2",
+         "--seconds", "1", "--warmup", "0.5", "--drain", "1", "--settle", "0.2", "--procs", "1",
+         "--repeat", "2", "--json", "--quiet"],
+        capture_output=True, text=True, timeout=180, check=True)
+    result = json.loads(out.stdout)
+    runs = result["sweep"]
+    assert [(r["server"], r["round"]) for r in runs] == [("ours", 1), ("ours", 2)]
+    assert all(r["lost"] == 0 and r["delivered"] == r["expected_deliveries"] > 0 for r in runs)
+    assert result["verdicts"] == []  # one server: nothing to compare
