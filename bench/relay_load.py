@@ -890,12 +890,13 @@ def verdict_report(verdicts: list[dict]) -> str:
 
 
 def sweep_report(runs: list[dict]) -> str:
-    rows = [("server", "rate", "sent/s", "delivered/s", "lost", "p50 ms", "p99 ms",
+    rows = [("server", "rate", "round", "sent/s", "delivered/s", "lost", "p50 ms", "p99 ms",
              "lag p99", "server CPU", "deliv./s per core", "gen CPU", "other", "errors")]
     for r in runs:
         cpu = r["server_cpu_percent"]
         rows.append((
-            r["server"], f"{r['config']['rate']:g}", f"{r['sent_per_s']:.0f}",
+            r["server"], f"{r['config']['rate']:g}", str(r.get("round", 1)),
+            f"{r['sent_per_s']:.0f}",
             f"{r['delivered_per_s']:.0f}", str(r["lost"]), f"{r['latency_ms']['p50']:.2f}",
             f"{r['latency_ms']['p99']:.1f}", f"{r['send_lag_ms']['p99']:.1f}", f"{cpu:.0f}%",
             f"{100 * r['delivered_per_s'] / cpu:.0f}" if cpu else "-",
