@@ -30,7 +30,8 @@ the read timeout kept by one lazily re-armed timer: a frame costs a clock read. 
 - the frames one connection is sent within one turn of the loop leave in one write, made by
   one callback for every connection at the start of the next turn (knob ``coalesce``): a
   write is a syscall, the largest single cost per frame. While the server is idle between
-  frames (light load), the first of them leaves at once: there is nothing to join it with;
+  frames (light load), the first of them leaves at once: there is nothing to join it with; in
+  a long turn that joins little, what was gathered leaves after ``FLUSH_AFTER``;
 - a connection at a modest rate that fell behind a busy server has up to
   ``FRAMES_PER_TURN`` of its already-received frames handled in a row (knob ``batchread``),
   a burst or a flood one per turn: each turn costs a task step through the request's whole
@@ -326,21 +327,38 @@ DIRECT_BUFFERED = 64 * 1024
 #: started (see _serve's put)
 BUSY_GAP = 0.0002
 
+#: in a long turn of the loop, the frames gathered so far leave as soon as the first of them
+#: has waited FLUSH_AFTER s (checked when the next frame's handling starts) ...
+FLUSH_AFTER = 0.001
+#: ... as long as gathering joins no more than this many frames per connection so far. Why:
+#: at 2000 clients x 4 msg/s the generators' stalls release their sends together, turns of
+#: 5-26 ms (p99) handle hundreds of frames, and each connection is sent about one of them:
+#: waiting for the end of the turn joined nothing and delayed every delivery by the rest of
+#: the turn (p99 2-18 ms). Past saturation a connection is sent many frames per turn, and
+#: joining them is what keeps the server up there (bench/README.md): then no early flush.
+FLUSH_JOIN = 1.5
+
 
 class _Load:
     """The whole server's frames as ``_serve``'s ``handle`` sees them start: whether the
-    server is busy, and a count that tells one frame's handling from the next."""
+    server is busy, and a count that tells one frame's handling from the next; and the frames
+    gathered this turn (see FLUSH_AFTER): since when, and how many."""
 
-    __slots__ = ("last", "busy", "frames")
+    __slots__ = ("last", "busy", "frames", "gathered_at", "gathered", "early")
 
     def __init__(self) -> None:
         self.last, self.busy, self.frames = 0.0, False, 0
+        self.gathered_at, self.gathered = 0.0, 0
+        self.early = True  # knob earlyflush, read when a connection opens
 
     def frame(self) -> None:
         now = time.monotonic()
         self.busy = now - self.last < BUSY_GAP
         self.last = now
         self.frames += 1
+        if _flushes and self.early and now - self.gathered_at > FLUSH_AFTER \
+                and self.gathered <= FLUSH_JOIN * len(_flushes):
+            _flush_all()  # a long turn that joins little: what it gathered goes now
 
 
 _load = _Load()
@@ -353,6 +371,7 @@ _flush_loop: list[asyncio.AbstractEventLoop] = []
 def _flush_all() -> None:
     batch = _flushes[:]
     _flushes.clear()
+    _load.gathered = 0
     for flush in batch:
         with contextlib.suppress(Exception):  # one broken transport is not the others' problem
             flush()
@@ -366,7 +385,8 @@ def _flush_soon(flush: Callable[[], None], loop: asyncio.AbstractEventLoop) -> N
         _flush_loop[:] = [loop]
         _flushes.clear()
     if not _flushes:
-        loop.call_soon(_flush_all)
+        loop.call_soon(_flush_all)  # with nothing gathered by then (an early flush): a no-op
+        _load.gathered_at = _load.last
     _flushes.append(flush)
 
 
@@ -540,6 +560,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     loop = asyncio.get_running_loop()
     pending: list[bytes] = []  # frames for this turn's one write (see put)
     gather = runtime.enabled("coalesce")
+    _load.early = runtime.enabled("earlyflush")
     direct_at = -1  # _load.frames when put last wrote straight away
 
     def flush() -> None:
@@ -564,12 +585,14 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
         everything cost ~0.2 ms of p99 relay latency and 3-5 % more CPU at 1 000 clients
         sending 1 message/s (bench/README.md), where almost every turn writes one frame per
         connection: a callback more per message and the write a turn later, for nothing to
-        join."""
+        join. Nor in a long turn that joins little: there what was gathered leaves once the first
+        frame has waited FLUSH_AFTER (``_Load.frame``)."""
         nonlocal direct_at
         if pending:
             frame = ws_frame(pkt)
             if frame is not None:
                 pending.append(frame)
+                _load.gathered += 1
                 return
             flush()  # a big frame: everything before it first, then the writer's way
         elif not writing and transport is not None and queue.empty() \
@@ -579,6 +602,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
             if frame is not None:
                 if gather and (_load.busy or direct_at == _load.frames):
                     pending.append(frame)
+                    _load.gathered += 1
                     _flush_soon(flush, loop)
                 else:
                     direct_at = _load.frames

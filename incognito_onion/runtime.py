@@ -12,7 +12,7 @@ Three standard, independent knobs, each a no-op when its package is missing:
   every connection's objects (60-117 ms pauses, the p99 tail) become short and rare.
 
 ``INCOGNITO_RUNTIME_OFF`` (comma-separated: ``uvloop``, ``orjson``, ``gc``, and ``fastemit``,
-``fastws``, ``coalesce``, ``batchread``, ``service``, ``syncread`` of
+``fastws``, ``coalesce``, ``earlyflush``, ``batchread``, ``service``, ``syncread`` of
 :mod:`incognito_onion.fastpath`, ``fastevent`` of ``signaling.GuardedServer._plain_event``,
 or ``all``) turns knobs off, e.g. to compare with and without in ``bench/relay_load.py --env``.
 The variable is not a setting of the config schema (an unknown ``INCOGNITO_*`` name is ignored
@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 OFF_ENV = "INCOGNITO_RUNTIME_OFF"
 KNOBS = frozenset({"uvloop", "orjson", "gc", "fastemit", "fastws", "fastevent", "coalesce",
-                   "batchread", "service", "syncread"})
+                   "earlyflush", "batchread", "service", "syncread"})
 
 # gc.set_threshold after tune_gc's freeze: a young collection every 50 000 net allocations of
 # container objects instead of 700 (a relayed message allocates a few dozen; the young

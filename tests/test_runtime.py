@@ -1050,6 +1050,52 @@ async def test_fast_loop_writes_a_turn_s_frames_to_one_connection_at_once(
         await c.disconnect()
 
 
+@pytest.mark.parametrize("early", [True, False])
+async def test_a_long_turn_that_joins_little_writes_what_it_gathered_early(monkeypatch, early):
+    """In a long turn (many frames handled in a row), what was gathered leaves when the next
+    frame starts once the first gathered frame has waited FLUSH_AFTER, instead of at the end
+    of the turn, unless gathering is joining several frames per connection (saturation,
+    where joining keeps the server up) or the ``earlyflush`` knob is off."""
+    import types
+
+    from incognito_onion import fastpath
+
+    clock = [100.0]
+    monkeypatch.setattr(fastpath, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(fastpath, "_load", fastpath._Load())
+    monkeypatch.setattr(fastpath, "_flushes", [])
+    monkeypatch.setattr(fastpath, "_flush_loop", [])
+    load, loop, written = fastpath._load, asyncio.get_running_loop(), []
+    load.early = early
+
+    def gather(conn: str, frames: int = 1) -> None:  # what put() does when it gathers
+        fastpath._flush_soon(lambda: written.append(conn), loop)
+        load.gathered += frames
+
+    def next_frame(after_ms: float) -> None:  # what handle() does when a frame starts
+        clock[0] += after_ms / 1000
+        load.frame()
+
+    next_frame(0)
+    gather("a")
+    next_frame(fastpath.FLUSH_AFTER * 1000 / 2)
+    gather("b")
+    assert written == []
+    next_frame(fastpath.FLUSH_AFTER * 1000 * 0.6)  # 1.1 x FLUSH_AFTER after "a" was gathered
+    assert written == (["a", "b"] if early else [])
+    await asyncio.sleep(0)  # the turn's own callback: what is left
+    assert written == ["a", "b"]
+    assert fastpath._flushes == [] and load.gathered == 0
+
+    # a turn that joins several frames per connection keeps them for one write at its end
+    next_frame(0)
+    gather("c", frames=3)
+    next_frame(fastpath.FLUSH_AFTER * 1000 * 3)
+    assert written == ["a", "b"]
+    await asyncio.sleep(0)
+    assert written == ["a", "b", "c"]
+
+
 def _ws_frame(text: str) -> bytes:
     """A masked client text frame (RFC 6455 5.2)."""
     import struct
