@@ -4,6 +4,7 @@ are missing, or an attached tor refuses us. Real tor and coturn binaries; loopba
 
 import errno
 import os
+import random
 import re
 import shutil
 import signal
@@ -24,9 +25,19 @@ LINE = re.compile(r"^(ok|warn|fail|skip) {1,4} ?(?P<name>[^:]+): (?P<detail>.+)$
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the ephemeral range (32768 and up on Linux): a port the kernel hands
+    out for bind(0) is in that range, and an outgoing connection anywhere on the machine could
+    take it before the doctor tries it ("in use": a clean-clone CI run failed that way once)."""
+    rnd = random.Random()
+    for _ in range(200):
+        port = rnd.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def clean_env(**extra):
@@ -89,7 +100,7 @@ def test_ok_on_this_machine(cfg_file):
 
 def test_disabled_parts_are_skipped(cfg_file):
     p = run("--config", str(cfg_file()), "--no-tor", "--no-turn")
-    assert p.returncode == 0
+    assert p.returncode == 0, p.stdout
     assert find(p, "skip", "tor") and find(p, "skip", "coturn")
     names = [LINE.match(ln).group("name") for ln in lines(p)]
     assert "TURN port" not in names and "tor PoW defence" not in names
@@ -207,7 +218,7 @@ def test_open_state_dir_is_a_warning(cfg_file, tmp_path):
 def test_missing_state_dir_is_fine_and_not_created(cfg_file, tmp_path):
     p = run("--config", str(cfg_file()), "--state-dir", str(tmp_path / "new" / "state"),
             module="incognito_onion.doctor")
-    assert p.returncode == 0
+    assert p.returncode == 0, p.stdout
     assert "does not exist yet; up creates it" in find(p, "ok", "state dir")
     assert not (tmp_path / "new").exists()
 
@@ -298,7 +309,7 @@ def test_address_not_on_this_machine(cfg_file):
 
 def test_public_host_with_tor_is_a_warning(cfg_file):
     p = run("--config", str(cfg_file()), "--host", "0.0.0.0", "--no-turn")
-    assert p.returncode == 0
+    assert p.returncode == 0, p.stdout
     assert "fix: set server.host to 127.0.0.1" in find(p, "warn", "web exposure")
 
 
@@ -313,7 +324,7 @@ def test_client_auth_needs_a_key(cfg_file, tmp_path):
 
     client_keys.add(tmp_path / "state", "alice")
     p = run("--config", str(cfg), "--no-turn")
-    assert p.returncode == 0
+    assert p.returncode == 0, p.stdout
     assert "1 participant key" in find(p, "ok", "tor client auth")
 
 
@@ -335,7 +346,7 @@ def test_turn_tls(cfg_file, tmp_path):
     # (the config file has its turn: section already; TLS settings come from the environment)
     p = run("--config", str(cfg_file()), "--no-tor",
             env=clean_env(INCOGNITO_TURN_TLS_PORT=str(tls)))
-    assert p.returncode == 0
+    assert p.returncode == 0, p.stdout
     assert f"127.0.0.1:{tls} is free" in find(p, "ok", "TURN TLS port")
     assert "fix: set turn.tls_cert and turn.tls_key" in find(p, "warn", "TURN TLS certificate")
     bad = tmp_path / "bad.pem"
