@@ -30,8 +30,9 @@ the read timeout kept by one lazily re-armed timer: a frame costs a clock read. 
 - the frames one connection is sent within one turn of the loop leave in one write, made by
   one callback for every connection at the start of the next turn (knob ``coalesce``): a
   write is a syscall, the largest single cost per frame. While the server is idle between
-  frames (light load), the first of them leaves at once: there is nothing to join it with; in
-  a long turn that joins little, what was gathered leaves after ``FLUSH_AFTER``;
+  frames, or at light load for a connection sent nothing lately, the first of them leaves at
+  once: there is nothing to join it with; in a long turn that joins little, what was
+  gathered leaves after ``FLUSH_AFTER``;
 - a connection at a modest rate that fell behind a busy server has up to
   ``FRAMES_PER_TURN`` of its already-received frames handled in a row (knob ``batchread``),
   a burst or a flood one per turn: each turn costs a task step through the request's whole
@@ -326,6 +327,20 @@ DIRECT_BUFFERED = 64 * 1024
 #: the server is busy when a frame is handled less than BUSY_GAP s after the previous one
 #: started (see _serve's put)
 BUSY_GAP = 0.0002
+#: ... and then, at light load (frames coming on average more than LIGHT_GAP s apart), a
+#: frame is gathered for a connection only if it was sent one less than JOIN_WINDOW s before:
+#: frames further apart hardly ever meet in one turn, so gathering them joins nothing and
+#: costs a callback and the rest of a turn's delay. Why: at 1000 clients x 1 msg/s (3 frames
+#: a second to each connection, plus acks) the generators' frames come in bunches, so the
+#: server is often "busy" for a moment, while each message sends its 4 frames to 4 different
+#: connections: nothing to join (bench/README.md). Under more load, everything is gathered
+#: while busy: there turns last longer, and writing a connection's first frame of a turn at
+#: once and the rest at its end (two writes where one did) took the p99 at 1000 x 16 msg/s
+#: from 139-164 to 199-287 ms.
+LIGHT_GAP = 0.0004
+JOIN_WINDOW = 0.02
+#: the weight of the latest gap in the moving average of the gaps between frames
+GAP_WEIGHT = 1 / 64
 
 #: in a long turn of the loop, the frames gathered so far leave as soon as the first of them
 #: has waited FLUSH_AFTER s (checked when the next frame's handling starts) ...
@@ -341,19 +356,23 @@ FLUSH_JOIN = 1.5
 
 class _Load:
     """The whole server's frames as ``_serve``'s ``handle`` sees them start: whether the
-    server is busy, and a count that tells one frame's handling from the next; and the frames
+    server is busy, whether its load is light (LIGHT_GAP), and a count that tells one frame's
+    handling from the next; and the frames
     gathered this turn (see FLUSH_AFTER): since when, and how many."""
 
-    __slots__ = ("last", "busy", "frames", "gathered_at", "gathered", "early")
+    __slots__ = ("last", "busy", "frames", "gathered_at", "gathered", "early", "light")
 
     def __init__(self) -> None:
         self.last, self.busy, self.frames = 0.0, False, 0
         self.gathered_at, self.gathered = 0.0, 0
+        self.light = 1.0  # moving average of the gaps between frames (see LIGHT_GAP)
         self.early = True  # knob earlyflush, read when a connection opens
 
     def frame(self) -> None:
         now = time.monotonic()
-        self.busy = now - self.last < BUSY_GAP
+        gap = now - self.last
+        self.busy = gap < BUSY_GAP
+        self.light += (min(gap, 1.0) - self.light) * GAP_WEIGHT
         self.last = now
         self.frames += 1
         if _flushes and self.early and now - self.gathered_at > FLUSH_AFTER \
@@ -370,6 +389,8 @@ _flush_loop: list[asyncio.AbstractEventLoop] = []
 
 def _flush_all() -> None:
     batch = _flushes[:]
+    if not batch:
+        return  # the turn's callback after an early flush
     _flushes.clear()
     _load.gathered = 0
     for flush in batch:
@@ -562,6 +583,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     gather = runtime.enabled("coalesce")
     _load.early = runtime.enabled("earlyflush")
     direct_at = -1  # _load.frames when put last wrote straight away
+    sent_at = -1.0  # _load.last when put last took a frame (see JOIN_WINDOW)
 
     def flush() -> None:
         """Writes the frames ``put`` gathered this turn of the loop, in one write."""
@@ -585,14 +607,16 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
         everything cost ~0.2 ms of p99 relay latency and 3-5 % more CPU at 1 000 clients
         sending 1 message/s (bench/README.md), where almost every turn writes one frame per
         connection: a callback more per message and the write a turn later, for nothing to
-        join. Nor in a long turn that joins little: there what was gathered leaves once the first
-        frame has waited FLUSH_AFTER (``_Load.frame``)."""
-        nonlocal direct_at
+        join. Nor, at light load, for a connection last sent a frame more than JOIN_WINDOW
+        before. Nor in a long turn that joins little: there what was gathered leaves once the
+        first frame has waited FLUSH_AFTER (``_Load.frame``)."""
+        nonlocal direct_at, sent_at
         if pending:
             frame = ws_frame(pkt)
             if frame is not None:
                 pending.append(frame)
                 _load.gathered += 1
+                sent_at = _load.last
                 return
             flush()  # a big frame: everything before it first, then the writer's way
         elif not writing and transport is not None and queue.empty() \
@@ -600,7 +624,10 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
                 and not transport.is_closing() and not resp.closed:
             frame = ws_frame(pkt)
             if frame is not None:
-                if gather and (_load.busy or direct_at == _load.frames):
+                last, sent_at = sent_at, _load.last
+                if gather and (direct_at == _load.frames
+                               or (_load.busy and (_load.light < LIGHT_GAP
+                                                   or sent_at - last < JOIN_WINDOW))):
                     pending.append(frame)
                     _load.gathered += 1
                     _flush_soon(flush, loop)

@@ -1008,19 +1008,25 @@ async def test_fast_loop_keeps_the_order_of_direct_and_queued_frames(fast_server
         await b.disconnect()
 
 
-@pytest.mark.parametrize("off, busy, writes", [
-    ("", True, [30]), ("", False, [1, 29]), ("coalesce", True, [1] * 30)])
+@pytest.mark.parametrize("off, busy, recent, writes", [
+    ("", True, True, [30]), ("", True, False, [1, 29]), ("", False, True, [1, 29]),
+    ("coalesce", True, True, [1] * 30)])
 async def test_fast_loop_writes_a_turn_s_frames_to_one_connection_at_once(
-        fast_server, monkeypatch, off, busy, writes):
+        fast_server, monkeypatch, off, busy, recent, writes):
     """Frames sent to one connection within one turn of the event loop leave in one write (a
     write is a syscall: one per frame was a quarter of the relay's CPU under load), whole and
-    in order. When the server was idle before the frame that sends them, the first leaves at
-    once and the rest together; with ``coalesce`` off, one write each."""
+    in order. When the server was idle before the frame that sends them, or the connection
+    was last sent a frame longer than JOIN_WINDOW before (gathering would join nothing), the
+    first leaves at once and the rest together; with ``coalesce`` off, one write each."""
     from incognito_onion import fastpath
 
     monkeypatch.setenv(OFF, off)  # read when the connection opens
     # busy: every frame follows the last within BUSY_GAP; idle: none does
     monkeypatch.setattr(fastpath, "BUSY_GAP", 1e9 if busy else 0.0)
+    # light load (LIGHT_GAP), and recent: every frame follows the connection's last within
+    # JOIN_WINDOW; else none does
+    monkeypatch.setattr(fastpath, "LIGHT_GAP", 0.0)
+    monkeypatch.setattr(fastpath, "JOIN_WINDOW", 1e9 if recent else 0.0)
     sio = fast_server["sio"]
 
     @sio.on("burst")
@@ -1094,6 +1100,43 @@ async def test_a_long_turn_that_joins_little_writes_what_it_gathered_early(monke
     assert written == ["a", "b"]
     await asyncio.sleep(0)
     assert written == ["a", "b", "c"]
+
+
+async def test_light_load_is_told_by_the_average_gap_between_frames(monkeypatch):
+    """Light load (frames on average more than LIGHT_GAP apart, where gathering for sparse
+    connections is confined to JOIN_WINDOW, see test_fast_loop_writes...) is told by a
+    moving average of the gaps between frames: a bunch of frames close together does not
+    end it, a steady stream faster than LIGHT_GAP does, and it comes back when the stream
+    slows down; an idle minute counts as no more than a second."""
+    import types
+
+    from incognito_onion import fastpath
+
+    clock = [100.0]
+    monkeypatch.setattr(fastpath, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    load = fastpath._Load()
+
+    def frames(n: int, gap_ms: float) -> None:
+        for _ in range(n):
+            clock[0] += gap_ms / 1000
+            load.frame()
+
+    def light() -> bool:
+        return load.light >= fastpath.LIGHT_GAP
+
+    frames(1000, 1.0)  # 1 000 frames/s
+    assert light()
+    frames(8, 0.01)  # a bunch, each frame "busy"
+    assert light() and load.busy
+    frames(400, fastpath.LIGHT_GAP * 1000 / 3)  # a steady stream three times faster
+    assert not light()
+    frames(400, fastpath.LIGHT_GAP * 1000 * 3)
+    assert light()
+    clock[0] += 60
+    load.frame()
+    assert load.light < 0.02  # (1 s - ~1 ms) / 64 more, not (60 s - ...) / 64
+    frames(400, fastpath.LIGHT_GAP * 1000 / 3)
+    assert not light()
 
 
 def _ws_frame(text: str) -> bytes:
