@@ -328,7 +328,8 @@ DIRECT_BUFFERED = 64 * 1024
 #: started (see _serve's put)
 BUSY_GAP = 0.0002
 #: ... and then, at light load (frames coming on average more than LIGHT_GAP s apart), a
-#: frame is gathered for a connection only if it was sent one less than JOIN_WINDOW s before:
+#: frame is gathered for a connection only if it was sent one less than JOIN_WINDOW s before
+#: (knob ``joinwindow``):
 #: frames further apart hardly ever meet in one turn, so gathering them joins nothing and
 #: costs a callback and the rest of a turn's delay. Why: at 1000 clients x 1 msg/s (3 frames
 #: a second to each connection, plus acks) the generators' frames come in bunches, so the
@@ -584,6 +585,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     _load.early = runtime.enabled("earlyflush")
     direct_at = -1  # _load.frames when put last wrote straight away
     sent_at = -1.0  # _load.last when put last took a frame (see JOIN_WINDOW)
+    window = JOIN_WINDOW if runtime.enabled("joinwindow") else float("inf")
 
     def flush() -> None:
         """Writes the frames ``put`` gathered this turn of the loop, in one write."""
@@ -627,7 +629,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
                 last, sent_at = sent_at, _load.last
                 if gather and (direct_at == _load.frames
                                or (_load.busy and (_load.light < LIGHT_GAP
-                                                   or sent_at - last < JOIN_WINDOW))):
+                                                   or sent_at - last < window))):
                     pending.append(frame)
                     _load.gathered += 1
                     _flush_soon(flush, loop)

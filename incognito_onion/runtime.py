@@ -12,11 +12,12 @@ Three standard, independent knobs, each a no-op when its package is missing:
   every connection's objects (60-117 ms pauses, the p99 tail) become short and rare.
 
 ``INCOGNITO_RUNTIME_OFF`` (comma-separated: ``uvloop``, ``orjson``, ``gc``, and ``fastemit``,
-``fastws``, ``coalesce``, ``earlyflush``, ``batchread``, ``service``, ``syncread`` of
-:mod:`incognito_onion.fastpath`, ``fastevent`` of ``signaling.GuardedServer._plain_event``,
-or ``all``) turns knobs off, e.g. to compare with and without in ``bench/relay_load.py --env``.
-The variable is not a setting of the config schema (an unknown ``INCOGNITO_*`` name is ignored
-there): it is a switch for measuring and for ruling these out when chasing a bug.
+``fastws``, ``coalesce``, ``earlyflush``, ``joinwindow``, ``batchread``, ``service``,
+``syncread`` of :mod:`incognito_onion.fastpath`, ``fastevent`` of
+``signaling.GuardedServer._plain_event``, or ``all``) turns knobs off, e.g. to compare with
+and without in ``bench/relay_load.py --env``. The variable is not a setting of the config
+schema (an unknown ``INCOGNITO_*`` name is ignored there): it is a switch for measuring and
+for ruling these out when chasing a bug.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, TypeVar
 
 OFF_ENV = "INCOGNITO_RUNTIME_OFF"
 KNOBS = frozenset({"uvloop", "orjson", "gc", "fastemit", "fastws", "fastevent", "coalesce",
-                   "earlyflush", "batchread", "service", "syncread"})
+                   "earlyflush", "joinwindow", "batchread", "service", "syncread"})
 
 # gc.set_threshold after tune_gc's freeze: a young collection every 50 000 net allocations of
 # container objects instead of 700 (a relayed message allocates a few dozen; the young

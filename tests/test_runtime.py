@@ -1010,14 +1010,15 @@ async def test_fast_loop_keeps_the_order_of_direct_and_queued_frames(fast_server
 
 @pytest.mark.parametrize("off, busy, recent, writes", [
     ("", True, True, [30]), ("", True, False, [1, 29]), ("", False, True, [1, 29]),
-    ("coalesce", True, True, [1] * 30)])
+    ("joinwindow", True, False, [30]), ("coalesce", True, True, [1] * 30)])
 async def test_fast_loop_writes_a_turn_s_frames_to_one_connection_at_once(
         fast_server, monkeypatch, off, busy, recent, writes):
     """Frames sent to one connection within one turn of the event loop leave in one write (a
     write is a syscall: one per frame was a quarter of the relay's CPU under load), whole and
     in order. When the server was idle before the frame that sends them, or the connection
     was last sent a frame longer than JOIN_WINDOW before (gathering would join nothing), the
-    first leaves at once and the rest together; with ``coalesce`` off, one write each."""
+    first leaves at once and the rest together (``joinwindow`` off: only when idle); with
+    ``coalesce`` off, one write each."""
     from incognito_onion import fastpath
 
     monkeypatch.setenv(OFF, off)  # read when the connection opens
