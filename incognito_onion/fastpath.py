@@ -327,17 +327,16 @@ DIRECT_BUFFERED = 64 * 1024
 #: the server is busy when a frame is handled less than BUSY_GAP s after the previous one
 #: started (see _serve's put)
 BUSY_GAP = 0.0002
-#: ... and then, at light load (frames coming on average more than LIGHT_GAP s apart), a
-#: frame is gathered for a connection only if it was sent one less than JOIN_WINDOW s before
-#: (knob ``joinwindow``):
-#: frames further apart hardly ever meet in one turn, so gathering them joins nothing and
-#: costs a callback and the rest of a turn's delay. Why: at 1000 clients x 1 msg/s (3 frames
-#: a second to each connection, plus acks) the generators' frames come in bunches, so the
+#: ... and then, at light load (frames coming on average more than LIGHT_GAP s apart), a frame is
+#: gathered for a connection only if it was sent one less than JOIN_WINDOW s before (knob
+#: ``joinwindow``): frames further apart hardly ever meet in one turn, so gathering them joins
+#: nothing and costs a callback and the rest of a turn's delay. Why: at 1000 clients x 1 msg/s (3
+#: frames a second to each connection, plus acks) the generators' frames come in bunches, so the
 #: server is often "busy" for a moment, while each message sends its 4 frames to 4 different
-#: connections: nothing to join (bench/README.md). Under more load, everything is gathered
-#: while busy: there turns last longer, and writing a connection's first frame of a turn at
-#: once and the rest at its end (two writes where one did) took the p99 at 1000 x 16 msg/s
-#: from 139-164 to 199-287 ms.
+#: connections: nothing to join (bench/README.md). Under more load, everything is gathered while
+#: busy: there turns last longer, and writing a connection's first frame of a turn at once and the
+#: rest at its end (two writes where one did) took the p99 at 1000 x 16 msg/s from 139-164 to
+#: 199-287 ms.
 LIGHT_GAP = 0.0004
 JOIN_WINDOW = 0.02
 #: the weight of the latest gap in the moving average of the gaps between frames
@@ -358,8 +357,8 @@ FLUSH_JOIN = 1.5
 class _Load:
     """The whole server's frames as ``_serve``'s ``handle`` sees them start: whether the
     server is busy, whether its load is light (LIGHT_GAP), and a count that tells one frame's
-    handling from the next; and the frames
-    gathered this turn (see FLUSH_AFTER): since when, and how many."""
+    handling from the next; and the frames gathered this turn (see FLUSH_AFTER): since when,
+    and how many."""
 
     __slots__ = ("last", "busy", "frames", "gathered_at", "gathered", "early", "light")
 
