@@ -126,6 +126,7 @@ class Worker:
         self.sent_total = 0
         self.emit_failed = 0
         self.disconnects = 0
+        self.disconnect_reasons: Counter = Counter()  # which side ended it, and why
         self.sent_window = 0
         self.expected_window = 0
         self.delivered_window = 0
@@ -169,9 +170,10 @@ class Worker:
             self.error_events[str(code)] += 1
 
         @sio.on("disconnect")
-        def on_disconnect(*_reason) -> None:
+        def on_disconnect(*reason) -> None:
             if not self.stopping:
                 self.disconnects += 1
+                self.disconnect_reasons[str(reason[0]) if reason else "unknown"] += 1
 
         return sio
 
@@ -302,7 +304,8 @@ class Worker:
                  ack_failed=self.ack_failed, ack_missing=self.sent_total - self.acks_ok
                  - sum(self.ack_failed.values()), emit_failed=self.emit_failed,
                  error_events=self.error_events, disconnects=self.disconnects,
-                 corrupt=self.corrupt, connected_at_end=sum(c.connected for c in self.clients))
+                 disconnect_reasons=self.disconnect_reasons, corrupt=self.corrupt,
+                 connected_at_end=sum(c.connected for c in self.clients))
 
     async def close(self) -> None:
         self.stopping = True
@@ -600,6 +603,7 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
             "acks_missing": total("ack_missing"),
             "emit_failed": total("emit_failed"),
             "disconnects": total("disconnects"),
+            "disconnect_reasons": merge([d.get("disconnect_reasons", {}) for d in done]),
             "corrupt_payloads": total("corrupt"),
         }
         n_errors = (sum(errors["connect_failed"].values()) + sum(errors["setup_failed"].values())
@@ -725,7 +729,8 @@ def report(r: dict) -> str:
         ("errors", f"{r['errors_total']}"),
         ("  error events", counts(e["error_events"])),
         ("  failed acks", f"{counts(e['acks_failed'])}; missing {e['acks_missing']}"),
-        ("  disconnects", f"{e['disconnects']}"),
+        ("  disconnects", f"{e['disconnects']}" + (
+            f" ({counts(e.get('disconnect_reasons', {}))})" if e["disconnects"] else "")),
         ("  connect/setup failed", f"{counts(e['connect_failed'])}; "
          f"{counts(e['setup_failed'])}"),
         ("server RSS before clients", f"{rss['before_clients']:.1f} MB"),

@@ -137,6 +137,7 @@ let acksOk = 0;
 let sentTotal = 0;
 let emitFailed = 0;
 let disconnects = 0;
+const disconnectReasons = {}; // socket.io-client's reason: which side ended it, and why
 let sentWindow = 0;
 let expectedWindow = 0;
 let deliveredWindow = 0;
@@ -171,8 +172,11 @@ function makeClient() {
   socket.on("error", (payload) => {
     count(errorEvents, pyStr(payload && typeof payload === "object" ? payload.code : undefined));
   });
-  socket.on("disconnect", () => {
-    if (!stopping) disconnects++;
+  socket.on("disconnect", (reason) => {
+    if (!stopping) {
+      disconnects++;
+      count(disconnectReasons, String(reason));
+    }
   });
   return socket;
 }
@@ -331,7 +335,7 @@ async function run(cmd) {
     expected_window: expectedWindow, delivered_window: deliveredWindow,
     delivered_total: deliveredTotal, acks_ok: acksOk, ack_failed: ackFailed,
     ack_missing: sentTotal - acksOk - ackFailedN, emit_failed: emitFailed,
-    error_events: errorEvents, disconnects, corrupt,
+    error_events: errorEvents, disconnects, disconnect_reasons: disconnectReasons, corrupt,
     connected_at_end: clients.filter((c) => c.connected).length,
   });
 }
