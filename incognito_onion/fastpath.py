@@ -389,8 +389,6 @@ _flush_loop: list[asyncio.AbstractEventLoop] = []
 
 def _flush_all() -> None:
     batch = _flushes[:]
-    if not batch:
-        return  # the turn's callback after an early flush
     _flushes.clear()
     _load.gathered = 0
     for flush in batch:
