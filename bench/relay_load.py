@@ -603,7 +603,7 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
             "acks_missing": total("ack_missing"),
             "emit_failed": total("emit_failed"),
             "disconnects": total("disconnects"),
-            "disconnect_reasons": merge([d.get("disconnect_reasons", {}) for d in done]),
+            "disconnect_reasons": merge([d["disconnect_reasons"] for d in done]),
             "corrupt_payloads": total("corrupt"),
         }
         n_errors = (sum(errors["connect_failed"].values()) + sum(errors["setup_failed"].values())
@@ -730,7 +730,7 @@ def report(r: dict) -> str:
         ("  error events", counts(e["error_events"])),
         ("  failed acks", f"{counts(e['acks_failed'])}; missing {e['acks_missing']}"),
         ("  disconnects", f"{e['disconnects']}" + (
-            f" ({counts(e.get('disconnect_reasons', {}))})" if e["disconnects"] else "")),
+            f" ({counts(e['disconnect_reasons'])})" if e["disconnects"] else "")),
         ("  connect/setup failed", f"{counts(e['connect_failed'])}; "
          f"{counts(e['setup_failed'])}"),
         ("server RSS before clients", f"{rss['before_clients']:.1f} MB"),
