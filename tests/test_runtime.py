@@ -687,6 +687,61 @@ async def test_fast_loop_drops_a_client_that_sends_but_never_pongs(fast_server):
         await ws.close()
 
 
+async def test_fast_loop_keeps_a_client_whose_pong_waits_unread_on_the_server(fast_server):
+    """A pong the server received but has not read yet (here behind a handler that waits, as
+    under load behind the frames a busy server reads a few per turn) is not the client's
+    lateness: the connection is kept past ping_timeout (1 s) for as long as it waits, and
+    lives on once it is read. Without this the service task closed it at ~1 s."""
+    import aiohttp
+
+    sio = fast_server["sio"]
+    sio.async_handlers = False  # as Signaling's: a handler runs in its connection's loop
+    release = asyncio.Event()
+
+    @sio.on("hold")
+    async def hold(sid, *args):
+        await release.wait()
+
+    async with aiohttp.ClientSession() as session:
+        ws = await _raw_connect(session, fast_server["url"])
+        await _until(lambda: len(sio.eio.sockets) == 1, 5)
+        sock = next(iter(sio.eio.sockets.values()))
+        await _raw_until_ping(ws)
+        await ws.send_str('42["hold"]')  # its handler holds the connection's later frames
+        await ws.send_str("3")  # the pong: received, unread
+        try:
+            await asyncio.sleep(2.5)  # over twice ping_timeout
+            assert not sock.closed
+            assert [e for e, _ in fast_server["events"]].count("disconnect") == 0
+        finally:
+            release.set()
+        await _raw_until_ping(ws)  # the pong was read: the next ping comes
+        await ws.send_str("3")
+        assert [e for e, _ in fast_server["events"]].count("disconnect") == 0
+        await ws.close()
+
+
+def test_kernel_unread_counts_what_a_socket_has_received_and_nobody_read():
+    import socket
+    from types import SimpleNamespace
+
+    from incognito_onion import fastpath
+
+    a, b = socket.socketpair()
+    try:
+        transport = SimpleNamespace(get_extra_info=lambda name: b if name == "socket" else None)
+        assert fastpath.kernel_unread(transport) == 0
+        a.sendall(b"3" * 10)  # a Unix socket pair: in b's buffer once sendall returns
+        assert fastpath.kernel_unread(transport) == 10
+        b.recv(4)
+        assert fastpath.kernel_unread(transport) == 6
+    finally:
+        a.close()
+        b.close()
+    assert fastpath.kernel_unread(transport) == 0  # closed: unknown, not an error
+    assert fastpath.kernel_unread(None) == 0
+
+
 async def test_fast_loop_sees_aiohttp_s_received_frames(fast_server, monkeypatch):
     """The loop skips its extra turn per frame only when it can see aiohttp's queue of
     received frames (empty: the next read suspends anyway); a new aiohttp that keeps them
@@ -766,7 +821,7 @@ async def test_fast_loop_takes_one_frame_per_turn_of_the_event_loop(fast_server)
         await honest.disconnect()
 
 
-@pytest.mark.parametrize("mode", ["earned", "fresh", "off"])
+@pytest.mark.parametrize("mode", ["earned", "fresh", "off", "deep"])
 async def test_fast_loop_handles_a_modest_connection_s_buffered_frames_in_a_row(
         fast_server, monkeypatch, mode):
     """With a frame budget (Signaling sets one), frames already received for a connection that
@@ -785,9 +840,25 @@ async def test_fast_loop_handles_a_modest_connection_s_buffered_frames_in_a_row(
         monkeypatch.setenv(OFF, "batchread")
     sio = fast_server["sio"]
     setattr(sio.eio, fastpath.FRAME_BUDGET_ATTR, (201, 800))  # Signaling's at the defaults
-    n = fastpath.BATCH_MAX_BACKLOG - 2  # a shallow backlog (a deeper one: no frames in a row)
+    n = fastpath.BATCH_MAX_BACKLOG - 2  # a shallow backlog (a deeper one: see "deep")
     turns_at: list[int] = []
     turns = LoopTurns()
+    release = asyncio.Event()
+    received: list = []  # the connection's deque of frames aiohttp received
+    if mode == "deep":  # a backlog behind a handler that waits (as behind a busy server)
+        n = fastpath.BATCH_MAX_BACKLOG + 40
+        sio.async_handlers = False  # as Signaling's: handlers run in the connection's loop
+        real = fastpath.received_frames
+
+        def spy(resp):
+            received.append(real(resp))
+            return received[-1]
+
+        monkeypatch.setattr(fastpath, "received_frames", spy)
+
+        @sio.on("hold")
+        async def hold(sid, *args):
+            await release.wait()
 
     @sio.on("noop")
     async def noop(sid, *args):
@@ -798,8 +869,13 @@ async def test_fast_loop_handles_a_modest_connection_s_buffered_frames_in_a_row(
         if mode != "fresh":
             await asyncio.sleep(0.5)  # quiet: the right to frames in a row is earned
         with turns:
+            if mode == "deep":
+                await ws.send_str('42["hold"]')
             for _ in range(n):  # written at once, before the server's next turn
                 await ws.send_str('42["noop",{}]')
+            if mode == "deep":
+                await _until(lambda: len(received[0]) == n, 10)
+                release.set()
             await _until(lambda: len(turns_at) == n, 10)
         await ws.close()
     runs = sorted(collections.Counter(turns_at).values(), reverse=True)
@@ -807,6 +883,9 @@ async def test_fast_loop_handles_a_modest_connection_s_buffered_frames_in_a_row(
     assert max(runs) <= fastpath.FRAMES_PER_TURN, runs
     if mode == "earned":  # the right earned in the quiet half second: FRAMES_PER_TURN
         assert fastpath.FRAMES_PER_TURN - 1 <= extra <= fastpath.FRAMES_PER_TURN + 3, runs
+    elif mode == "deep":  # DEEP_PER_TURN in a row, while the earned right lasts
+        assert max(runs) == fastpath.DEEP_PER_TURN, runs
+        assert fastpath.FRAMES_PER_TURN // 2 - 1 <= extra <= fastpath.FRAMES_PER_TURN // 2 + 2
     elif mode == "fresh":  # only what it earns (50/s) while its frames are worked off
         assert extra <= 3, runs
     else:
