@@ -670,9 +670,15 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
         the ~200 frames it had received and not read: ~5 % of the deliveries lost in about
         half the runs (bench/README.md). A client that sends nothing and never answers is
         dropped as before, and one that keeps sending but never answers as soon as the server
-        has caught up with it."""
+        has caught up with it.
+
+        The client is sent a ping again, too: the next ping would wait for the pong to be read,
+        and engine.io's clients give up on a server whose pings stop for ping_interval +
+        ping_timeout. Its answer is one more pong (the first read schedules the next ping, the
+        other is ignored)."""
         if received or kernel_unread(conn) > 0:
             sock.last_ping = time.time()
+            put(eio_packet.Packet(eio_packet.PING))
             return True
         return False
 

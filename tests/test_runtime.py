@@ -690,8 +690,10 @@ async def test_fast_loop_drops_a_client_that_sends_but_never_pongs(fast_server):
 async def test_fast_loop_keeps_a_client_whose_pong_waits_unread_on_the_server(fast_server):
     """A pong the server received but has not read yet (here behind a handler that waits, as
     under load behind the frames a busy server reads a few per turn) is not the client's
-    lateness: the connection is kept past ping_timeout (1 s) for as long as it waits, and
-    lives on once it is read. Without this the service task closed it at ~1 s."""
+    lateness: the connection is kept past ping_timeout (1 s) for as long as it waits, the
+    client is pinged meanwhile (its own check wants a ping every ping_interval +
+    ping_timeout), and it lives on once the pongs are read. Without this the service task
+    closed it at ~1 s."""
     import aiohttp
 
     sio = fast_server["sio"]
@@ -709,8 +711,13 @@ async def test_fast_loop_keeps_a_client_whose_pong_waits_unread_on_the_server(fa
         await _raw_until_ping(ws)
         await ws.send_str('42["hold"]')  # its handler holds the connection's later frames
         await ws.send_str("3")  # the pong: received, unread
+        loop = asyncio.get_running_loop()
+        held_at = loop.time()
         try:
-            await asyncio.sleep(2.5)  # over twice ping_timeout
+            await _raw_until_ping(ws)  # pinged again while the pong waits
+            assert loop.time() - held_at < 1 + 1
+            await ws.send_str("3")
+            await asyncio.sleep(max(0.0, held_at + 2.5 - loop.time()))  # over 2x ping_timeout
             assert not sock.closed
             assert [e for e, _ in fast_server["events"]].count("disconnect") == 0
         finally:
