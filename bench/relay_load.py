@@ -564,7 +564,16 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
         for g in gens:
             await g.send(cmd="run", start=start, window_start=w0, window_end=w1)
         log(f"sending: {args.warmup:g} s warm-up, then {args.seconds:g} s measured")
-        await asyncio.sleep((w0 - time.monotonic_ns()) / 1e9)
+        capture = None
+        if args.residence:  # started before the window, so that it captures all of it
+            await asyncio.sleep(max(0.0, (w0 - time.monotonic_ns()) / 1e9 - 0.5))
+            capture = await asyncio.create_subprocess_exec(
+                sys.executable, str(Path(__file__).with_name("lo_capture.py")),
+                "--port", srv.base.rsplit(":", 1)[1], "--seconds", f"{args.seconds + 0.5:g}",
+                "--copies", str(args.rooms_of - 1),
+                stdout=asyncio.subprocess.PIPE, start_new_session=True,
+                preexec_fn=_die_with_parent)
+        await asyncio.sleep(max(0.0, (w0 - time.monotonic_ns()) / 1e9))
         cpu0 = (time.monotonic(), cpu_seconds(sp), [cpu_seconds(p) for p in gps],
                 psutil.cpu_times())
         rss_peak = 0
@@ -575,6 +584,9 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
                 psutil.cpu_times())
         rss_end = tree_rss(sp)
         rss_peak = max(rss_peak, rss_end)
+        if capture is not None:
+            out, _ = await asyncio.wait_for(capture.communicate(), 30)
+            res["server_residence_ms"] = json.loads(out or b'{"error": "no output"}')
         for g in gens:
             g.done = await g.expect("done", 60 + args.drain)
         wall = cpu1[0] - cpu0[0]
@@ -699,6 +711,21 @@ def verdict(r: dict) -> str:
     return out
 
 
+def residence_rows(res: dict | None) -> list[tuple[str, str]]:
+    """--residence: how long messages stayed in the server (bench/lo_capture.py)."""
+    if res is None:
+        return []
+    if "error" in res:
+        return [("in the server (lo)", res["error"])]
+    first, last = res["first_copy_ms"], res["last_copy_ms"]
+    if first["p50"] is None:
+        return [("in the server (lo)", f"no message paired ({res['seen_in']} seen coming in)")]
+    return [("in the server, 1st copy", f"p50 {first['p50']:.3f} ms, p99 {first['p99']:.3f} ms "
+             f"(max {first['max']:.1f}; {res['messages']} messages, kernel timestamps on lo)"),
+            ("in the server, last copy", f"p50 {last['p50']:.3f} ms, p99 {last['p99']:.3f} ms "
+             f"(max {last['max']:.1f})")]
+
+
 def report(r: dict) -> str:
     c = r["config"]
     lat, lag, rss, e = r["latency_ms"], r["send_lag_ms"], r["server_rss_mb"], r["errors"]
@@ -724,6 +751,7 @@ def report(r: dict) -> str:
          f"{lat['samples']} samples)"),
         ("generator send lag", f"p50 {lag['p50']:.2f} ms, p99 {lag['p99']:.2f} ms behind "
          f"schedule"),
+        *residence_rows(r.get("server_residence_ms")),
         ("generator loop stalls", f"p99 {st['p99']:.1f} ms, max {st['max']:.1f} ms (late "
          f"wake-ups of a 10 ms timer)"),
         ("errors", f"{r['errors_total']}"),
@@ -950,6 +978,10 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="rounds per rate (with --against both: alternating which server goes "
                          "first, then the medians and issue 8's verdict per rate) (default 1)")
+    ap.add_argument("--residence", action="store_true",
+                    help="also capture the server's packets on lo during the window "
+                         "(bench/lo_capture.py; root or CAP_NET_RAW) and report how long "
+                         "messages stayed in the server, without the generators' own delays")
     ap.add_argument("--json", action="store_true", help="print the results as JSON only")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
