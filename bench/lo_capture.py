@@ -25,6 +25,7 @@ import json
 import socket
 import struct
 import sys
+import threading
 import time
 
 ETH_P_ALL = 0x0003
@@ -131,9 +132,11 @@ def port_filter(port: int) -> list[tuple[int, int, int, int]]:
     return prog
 
 
-def capture(port: int, seconds: float, expect_copies: int) -> dict:
-    """Captures ``seconds`` of the server's traffic on ``port`` and returns the residence
-    statistics (ms): to the first copy out and to the last of ``expect_copies``."""
+def capture(port: int, seconds: float, expect_copies: int,
+            ready: threading.Event | None = None, stop: threading.Event | None = None) -> dict:
+    """Captures ``seconds`` of the server's traffic on ``port`` (or until ``stop`` is set;
+    ``ready`` is set once capturing) and returns the residence statistics (ms): to the first
+    copy out and to the last of ``expect_copies``."""
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # no packets until bound
     prog = port_filter(port)
     code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in prog))
@@ -143,12 +146,14 @@ def capture(port: int, seconds: float, expect_copies: int) -> dict:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 2**20)
     sock.bind(("lo", ETH_P_ALL))  # CPython applies htons to it
     sock.settimeout(0.2)
+    if ready is not None:
+        ready.set()
     came: dict[bytes, int] = {}
     went: dict[bytes, list[int]] = {}
     split = segments = 0
     end = time.monotonic() + seconds
     try:
-        while time.monotonic() < end:
+        while time.monotonic() < end and not (stop is not None and stop.is_set()):
             try:
                 frame, anc, _, addr = sock.recvmsg(65600, 64)
             except TimeoutError:

@@ -893,6 +893,13 @@ def rounds_verdicts(runs: list[dict]) -> list[dict]:
             "rounds_lost_or_errors": {"ours": sum(lost(ours[k]) > 0 for k in rounds),
                                       "node": sum(lost(node[k]) > 0 for k in rounds)},
         }
+        def inside(r: dict) -> float | None:  # --residence: last copy out, p99
+            return (r.get("server_residence_ms") or {}).get("last_copy_ms", {}).get("p99")
+
+        if all(inside(side[k]) is not None for side in (ours, node) for k in rounds):
+            v["in_server_p99_ms"] = {"ours": med(ours, inside), "node": med(node, inside)}
+            v["rounds_in_server_p99_ours_le_node"] = sum(
+                inside(ours[k]) <= inside(node[k]) for k in rounds)
         # throughput: at a fixed offered load both deliver it all, so equal within 0.5 %
         # (the window's edges) counts as equal
         v["throughput_ge_node"] = (v["delivered_per_s"]["ours"]
@@ -918,8 +925,17 @@ def verdict_report(verdicts: list[dict]) -> str:
     w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     head = ("issue 8's goal per rate (medians of the rounds): throughput >= Node's and "
             "p99 <= Node's")
-    return "\n".join([head, "-" * len(head), *(
-        "  ".join(f"{val:<{w[i]}}" for i, val in enumerate(row)) for row in rows)])
+    lines = [head, "-" * len(head), *(
+        "  ".join(f"{val:<{w[i]}}" for i, val in enumerate(row)) for row in rows)]
+    for v in verdicts:
+        if "in_server_p99_ms" in v:
+            t = v["in_server_p99_ms"]
+            lines.append(
+                f"rate {v['rate']:g}, time in the server to the last copy out (--residence, "
+                f"no generator delays): p99 median ours {t['ours']:.3f} ms, node "
+                f"{t['node']:.3f} ms; ours <= node in "
+                f"{v['rounds_in_server_p99_ours_le_node']}/{v['rounds']} rounds")
+    return "\n".join(lines)
 
 
 def sweep_report(runs: list[dict]) -> str:

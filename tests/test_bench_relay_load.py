@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -21,10 +23,13 @@ def _relay_load():
 
 
 def _run(server: str, rnd: int, p99: float, delivered: float = 3000.0, lost: int = 0,
-         rate: float = 1.0) -> dict:
-    return {"server": server, "round": rnd, "config": {"rate": rate},
-            "latency_ms": {"p50": p99 / 3, "p99": p99}, "delivered_per_s": delivered,
-            "lost": lost, "errors_total": 0}
+         rate: float = 1.0, inside: float | None = None) -> dict:
+    run = {"server": server, "round": rnd, "config": {"rate": rate},
+           "latency_ms": {"p50": p99 / 3, "p99": p99}, "delivered_per_s": delivered,
+           "lost": lost, "errors_total": 0}
+    if inside is not None:  # --residence
+        run["server_residence_ms"] = {"last_copy_ms": {"p50": inside / 4, "p99": inside}}
+    return run
 
 
 def test_verdict_is_on_the_medians_of_the_rounds_not_on_one_pair():
@@ -61,6 +66,20 @@ def test_verdict_per_rate_and_only_on_rounds_both_servers_ran():
     verdicts = rl.rounds_verdicts(runs)
     assert [(v["rate"], v["rounds"], v["p99_le_node"]) for v in verdicts] == [
         (1.0, 1, False), (4, 1, True)]
+
+
+def test_verdict_adds_the_time_in_the_server_only_when_every_round_measured_it():
+    rl = _relay_load()
+    runs = [_run("ours", 1, 1.5, inside=1.0), _run("node", 1, 1.4, inside=1.2),
+            _run("node", 2, 1.6, inside=1.1), _run("ours", 2, 1.3, inside=1.3)]
+    (v,) = rl.rounds_verdicts(runs)
+    assert v["in_server_p99_ms"] == {"ours": pytest.approx(1.15), "node": pytest.approx(1.15)}
+    assert v["rounds_in_server_p99_ours_le_node"] == 1
+    assert "1/2 rounds" in rl.verdict_report([v]).splitlines()[-1]
+    runs[-1] = _run("ours", 2, 1.3)  # one run without the capture
+    (v,) = rl.rounds_verdicts(runs)
+    assert "in_server_p99_ms" not in v
+    assert "in the server" not in rl.verdict_report([v])
 
 
 def test_repeat_runs_numbered_rounds_against_the_real_server():
