@@ -277,7 +277,7 @@ BATCH_MAX_BACKLOG = 2 * FRAMES_PER_TURN
 #: frames in a row (within what it earned) for a connection with a deeper backlog: one per
 #: turn made such a connection a trap past saturation, where turns come slower than a client
 #: at 28 msg/s sends (1 000 clients on 2 cores): once 32 frames behind it fell further behind
-#: for good, seconds behind, and was closed with its pong unread (~5 % of deliveries lost in
+#: for good, seconds behind, and was closed with its pong unread (5-15 % of deliveries lost in
 #: about half the runs, the max latency 3-8 s); two catch up at the rate the right is earned
 #: (BATCH_RATE_DIVISOR), and test_attack's bursts cost the honest p99 nothing measurable
 DEEP_PER_TURN = 2
@@ -667,7 +667,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
         or two per turn, one over its budget less often, and a handler that waits holds its
         connection's later frames. Past saturation (1 000 clients x 28 msg/s, 2 cores) a
         connection's reads fell seconds behind, and the server closed it with its pong among
-        the ~200 frames it had received and not read: ~5 % of the deliveries lost in about
+        the ~200 frames it had received and not read: 5-15 % of the deliveries lost in about
         half the runs (bench/README.md). A client that sends nothing and never answers is
         dropped as before, and one that keeps sending but never answers as soon as the server
         has caught up with it.
