@@ -676,8 +676,9 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
         and engine.io's clients give up on a server whose pings stop for ping_interval +
         ping_timeout. Its answer is one more pong (the first read schedules the next ping, the
         other is ignored)."""
+        nonlocal pinged_at
         if received or kernel_unread(conn) > 0:
-            sock.last_ping = time.time()
+            sock.last_ping = pinged_at = time.time()
             put(eio_packet.Packet(eio_packet.PING))
             return True
         return False
@@ -714,21 +715,29 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     # engine.io's pings (AsyncSocket.schedule_ping/_send_ping): the same schedule, a timer
     # instead of a task sleeping out the interval, per ping of every connection
     ping_timer: list[asyncio.TimerHandle] = []
+    pinged_at = 0.0  # time.time() when this loop last sent a ping (0: not yet)
 
     refreshed = False  # the outstanding ping's deadline was moved by a frame (see the loop)
 
     def ping_now() -> None:
-        nonlocal refreshed
+        nonlocal refreshed, pinged_at
         ping_timer.clear()
         refreshed = False
         if not sock.closing and not sock.closed:
-            sock.last_ping = time.time()
+            sock.last_ping = pinged_at = time.time()
             put(eio_packet.Packet(eio_packet.PING))
 
     def schedule_ping() -> None:
-        if sock.last_ping:
+        """The next ping ping_interval after the last one went out, as engine.io's protocol
+        has it, not after its pong was read (the library's): under load a pong read late,
+        behind the client's other frames, delayed the next ping by as much, and engine.io's
+        clients give up on a server whose pings stop for ping_interval + ping_timeout (a pong
+        read 5.9 s late left the client 0.1 s)."""
+        last_ping = sock.last_ping
+        if last_ping:
             sock.last_ping = None
-            ping_timer.append(loop.call_later(server.ping_interval, ping_now))
+            since = time.time() - (pinged_at or last_ping)  # the first ping: the library's
+            ping_timer.append(loop.call_later(max(0.0, server.ping_interval - since), ping_now))
 
     async def writer() -> None:
         nonlocal writing

@@ -728,6 +728,43 @@ async def test_fast_loop_keeps_a_client_whose_pong_waits_unread_on_the_server(fa
         await ws.close()
 
 
+async def test_fast_loop_pings_every_ping_interval_from_the_last_ping_not_from_its_pong(
+        fast_server):
+    """engine.io's protocol: a ping every ping_interval (1 s here). A pong read late (here
+    0.7 s, behind a handler that waits) used to delay the next ping by as much (1.7 s after
+    the last), eating into the client's own deadline of ping_interval + ping_timeout."""
+    import aiohttp
+
+    sio = fast_server["sio"]
+    sio.async_handlers = False  # as Signaling's: a handler runs in its connection's loop
+    release = asyncio.Event()
+
+    @sio.on("hold")
+    async def hold(sid, *args):
+        await release.wait()
+
+    async with aiohttp.ClientSession() as session:
+        ws = await _raw_connect(session, fast_server["url"])
+        loop = asyncio.get_running_loop()
+        gaps = []
+        await _raw_until_ping(ws)
+        for _ in range(2):
+            pinged = loop.time()
+            await ws.send_str('42["hold"]')  # holds the pong behind it for 0.7 s
+            await ws.send_str("3")
+            try:
+                await asyncio.sleep(0.7)
+            finally:
+                release.set()
+            release.clear()
+            await _raw_until_ping(ws)
+            gaps.append(loop.time() - pinged)
+        await ws.send_str("3")
+        assert all(0.8 < gap < 1.35 for gap in gaps), gaps
+        assert [e for e, _ in fast_server["events"]].count("disconnect") == 0
+        await ws.close()
+
+
 def test_kernel_unread_counts_what_a_socket_has_received_and_nobody_read():
     import socket
     from types import SimpleNamespace
