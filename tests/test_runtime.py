@@ -687,6 +687,20 @@ async def test_fast_loop_drops_a_client_that_sends_but_never_pongs(fast_server):
         await ws.close()
 
 
+def _hold_until(sio) -> asyncio.Event:
+    """A ``hold`` event whose handler waits for the returned event, run in its connection's
+    loop as Signaling's handlers are: the connection's later frames wait, received and unread,
+    as behind a busy server."""
+    sio.async_handlers = False
+    release = asyncio.Event()
+
+    @sio.on("hold")
+    async def hold(sid, *args):
+        await release.wait()
+
+    return release
+
+
 async def test_fast_loop_keeps_a_client_whose_pong_waits_unread_on_the_server(fast_server):
     """A pong the server received but has not read yet (here behind a handler that waits, as
     under load behind the frames a busy server reads a few per turn) is not the client's
@@ -697,12 +711,7 @@ async def test_fast_loop_keeps_a_client_whose_pong_waits_unread_on_the_server(fa
     import aiohttp
 
     sio = fast_server["sio"]
-    sio.async_handlers = False  # as Signaling's: a handler runs in its connection's loop
-    release = asyncio.Event()
-
-    @sio.on("hold")
-    async def hold(sid, *args):
-        await release.wait()
+    release = _hold_until(sio)
 
     async with aiohttp.ClientSession() as session:
         ws = await _raw_connect(session, fast_server["url"])
@@ -736,12 +745,7 @@ async def test_fast_loop_pings_every_ping_interval_from_the_last_ping_not_from_i
     import aiohttp
 
     sio = fast_server["sio"]
-    sio.async_handlers = False  # as Signaling's: a handler runs in its connection's loop
-    release = asyncio.Event()
-
-    @sio.on("hold")
-    async def hold(sid, *args):
-        await release.wait()
+    release = _hold_until(sio)
 
     async with aiohttp.ClientSession() as session:
         ws = await _raw_connect(session, fast_server["url"])
@@ -891,7 +895,7 @@ async def test_fast_loop_handles_a_modest_connection_s_buffered_frames_in_a_row(
     received: list = []  # the connection's deque of frames aiohttp received
     if mode == "deep":  # a backlog behind a handler that waits (as behind a busy server)
         n = fastpath.BATCH_MAX_BACKLOG + 40
-        sio.async_handlers = False  # as Signaling's: handlers run in the connection's loop
+        release = _hold_until(sio)
         real = fastpath.received_frames
 
         def spy(resp):
@@ -899,10 +903,6 @@ async def test_fast_loop_handles_a_modest_connection_s_buffered_frames_in_a_row(
             return received[-1]
 
         monkeypatch.setattr(fastpath, "received_frames", spy)
-
-        @sio.on("hold")
-        async def hold(sid, *args):
-            await release.wait()
 
     @sio.on("noop")
     async def noop(sid, *args):
