@@ -347,8 +347,10 @@ BUSY_GAP = 0.0002
 #: connections: nothing to join (bench/README.md). Under more load, everything is gathered while
 #: busy: there turns last longer, and writing a connection's first frame of a turn at once and the
 #: rest at its end (two writes where one did) took the p99 at 1000 x 16 msg/s from 139-164 to
-#: 199-287 ms.
-LIGHT_GAP = 0.0004
+#: 199-287 ms. LIGHT_GAP is BUSY_GAP (under 5 000 frames/s): at 0.4 ms (2 500 frames/s) 1000 x
+#: 4 msg/s counted as heavy and gathered everything, and 0.2 ms gave, in 6 alternating pairs
+#: there, the lower p50 in 6 (0.37-0.51 against 0.43-0.73 ms), the lower p99 in 4, the same CPU.
+LIGHT_GAP = 0.0002
 JOIN_WINDOW = 0.02
 #: the weight of the latest gap in the moving average of the gaps between frames
 GAP_WEIGHT = 1 / 64
