@@ -500,6 +500,10 @@ def merge(dicts: list[dict]) -> dict:
     return dict(out)
 
 
+#: seconds --residence's capture starts before the measured window
+CAPTURE_LEAD = 0.5
+
+
 async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
     import psutil
 
@@ -566,10 +570,11 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
         log(f"sending: {args.warmup:g} s warm-up, then {args.seconds:g} s measured")
         capture = None
         if args.residence:  # started before the window, so that it captures all of it
-            await asyncio.sleep(max(0.0, (w0 - time.monotonic_ns()) / 1e9 - 0.5))
+            await asyncio.sleep(max(0.0, (w0 - time.monotonic_ns()) / 1e9 - CAPTURE_LEAD))
             capture = await asyncio.create_subprocess_exec(
                 sys.executable, str(Path(__file__).with_name("lo_capture.py")),
-                "--port", srv.base.rsplit(":", 1)[1], "--seconds", f"{args.seconds + 0.5:g}",
+                "--port", srv.base.rsplit(":", 1)[1],
+                "--seconds", f"{args.seconds + CAPTURE_LEAD:g}",
                 "--copies", str(args.rooms_of - 1),
                 stdout=asyncio.subprocess.PIPE, start_new_session=True,
                 preexec_fn=_die_with_parent)
@@ -884,6 +889,9 @@ def rounds_verdicts(runs: list[dict]) -> list[dict]:
         def lost(r: dict) -> float:
             return r["lost"] + r["errors_total"]
 
+        def inside(r: dict) -> float | None:  # --residence: last copy out, p99
+            return (r.get("server_residence_ms") or {}).get("last_copy_ms", {}).get("p99")
+
         v = {
             "rate": rate, "rounds": len(rounds),
             "p50_ms": {"ours": med(ours, p50), "node": med(node, p50)},
@@ -893,9 +901,6 @@ def rounds_verdicts(runs: list[dict]) -> list[dict]:
             "rounds_lost_or_errors": {"ours": sum(lost(ours[k]) > 0 for k in rounds),
                                       "node": sum(lost(node[k]) > 0 for k in rounds)},
         }
-        def inside(r: dict) -> float | None:  # --residence: last copy out, p99
-            return (r.get("server_residence_ms") or {}).get("last_copy_ms", {}).get("p99")
-
         if all(inside(side[k]) is not None for side in (ours, node) for k in rounds):
             v["in_server_p99_ms"] = {"ours": med(ours, inside), "node": med(node, inside)}
             v["rounds_in_server_p99_ours_le_node"] = sum(

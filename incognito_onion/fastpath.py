@@ -583,6 +583,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     budget = TokenBucket(*rate_burst, fill=FRESH_BUDGET) if rate_burst else None
     setattr(sock, _BUDGET_KEY, budget)
     per_turn = FRAMES_PER_TURN if runtime.enabled("batchread") else 1
+    deep_per_turn = min(per_turn, DEEP_PER_TURN)  # with more than BATCH_MAX_BACKLOG received
     # frames in a row only for a connection at a modest rate, which is behind because the
     # whole server is busy (many such connections), not because it floods: a flood gets one
     # frame per turn well before it runs out of its budget; earned, not granted (see
@@ -873,7 +874,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
             return _YIELD
         if received:
             if earned and in_a_row < (per_turn if len(received) <= BATCH_MAX_BACKLOG
-                                      else min(per_turn, DEEP_PER_TURN)) - 1:
+                                      else deep_per_turn) - 1:
                 in_a_row += 1  # the next one in this turn
                 return None
             in_a_row = 0
