@@ -132,6 +132,32 @@ def port_filter(port: int) -> list[tuple[int, int, int, int]]:
     return prog
 
 
+def queueing(spans: list[tuple[int, int]]) -> dict:
+    """Whether the slow messages waited behind others or alone. ``spans``: (in, last copy
+    out) per message. A message's *ahead* is how many messages came in before it and had
+    not all gone out when it came in. The tail (the slowest 1 %) made of messages with none
+    ahead is the server's own wake-up and scheduling, or a pause; with many ahead it is
+    queueing, where the cost per message decides."""
+    import heapq
+    order = sorted(spans)
+    ends: list[int] = []
+    ahead: list[int] = []
+    for t_in, t_out in order:
+        while ends and ends[0] <= t_in:
+            heapq.heappop(ends)
+        ahead.append(len(ends))
+        heapq.heappush(ends, t_out)
+    if not order:
+        return {"tail": 0}
+    took = sorted(t_out - t_in for t_in, t_out in order)
+    cut = took[int(len(took) * 0.99)]
+    tail = [a for (t_in, t_out), a in zip(order, ahead) if t_out - t_in >= cut]
+    tail.sort()
+    return {"tail": len(tail), "tail_alone_share": round(sum(a == 0 for a in tail) / len(tail), 3),
+            "tail_ahead_p50": tail[len(tail) // 2], "tail_ahead_max": tail[-1],
+            "all_alone_share": round(sum(a == 0 for a in ahead) / len(ahead), 3)}
+
+
 def capture(port: int, seconds: float, expect_copies: int,
             ready: threading.Event | None = None, stop: threading.Event | None = None) -> dict:
     """Captures ``seconds`` of the server's traffic on ``port`` (or until ``stop`` is set;
@@ -186,11 +212,13 @@ def capture(port: int, seconds: float, expect_copies: int,
         sock.close()
     first: list[float] = []
     last: list[float] = []
+    spans: list[tuple[int, int]] = []
     for head, t_in in came.items():
         outs = went.get(head)
         if outs and len(outs) == expect_copies:
             first.append((min(outs) - t_in) / 1e6)
             last.append((max(outs) - t_in) / 1e6)
+            spans.append((t_in, max(outs)))
 
     def stats(xs: list[float]) -> dict:
         xs.sort()
@@ -201,7 +229,7 @@ def capture(port: int, seconds: float, expect_copies: int,
 
     return {"messages": len(first), "seen_in": len(came), "segments": segments,
             "segments_with_a_split_frame": split, "first_copy_ms": stats(first),
-            "last_copy_ms": stats(last)}
+            "last_copy_ms": stats(last), "queueing": queueing(spans)}
 
 
 def main(argv: list[str] | None = None) -> int:

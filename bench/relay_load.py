@@ -728,7 +728,17 @@ def residence_rows(res: dict | None) -> list[tuple[str, str]]:
     return [("in the server, 1st copy", f"p50 {first['p50']:.3f} ms, p99 {first['p99']:.3f} ms "
              f"(max {first['max']:.1f}; {res['messages']} messages, kernel timestamps on lo)"),
             ("in the server, last copy", f"p50 {last['p50']:.3f} ms, p99 {last['p99']:.3f} ms "
-             f"(max {last['max']:.1f})")]
+             f"(max {last['max']:.1f})"),
+            *queueing_rows(res.get("queueing"))]
+
+
+def queueing_rows(q: dict | None) -> list[tuple[str, str]]:
+    """--residence: whether the slowest 1 % waited behind other messages or alone."""
+    if not q or not q.get("tail"):
+        return []
+    return [("slowest 1 % in the server", f"{q['tail_alone_share']:.0%} came in with no message "
+             f"ahead (of all: {q['all_alone_share']:.0%}); messages ahead p50 "
+             f"{q['tail_ahead_p50']}, max {q['tail_ahead_max']}")]
 
 
 def report(r: dict) -> str:

@@ -103,3 +103,18 @@ def test_a_relayed_message_s_time_in_a_loopback_server_is_measured():
         srv.close()
     assert result["messages"] == 1 and result["seen_in"] == 1, result
     assert held * 1e3 <= result["first_copy_ms"]["p50"] < held * 1e3 + 50, (held, result)
+
+
+def test_the_slowest_messages_are_told_apart_as_queued_or_alone():
+    lc = _lo_capture()
+    # 200 messages alone, 0.1 ms each, one slow one alone; then a burst of 3 where the last
+    # waits behind the first two
+    spans = [(i * 1000, i * 1000 + 100) for i in range(200)]
+    spans.append((300_000, 305_000))  # alone and slow: the server's own delay
+    spans += [(400_000, 404_000), (400_010, 404_500), (400_020, 405_000)]
+    q = lc.queueing(spans)
+    assert q["tail"] == 3  # the slowest 1 % of 204: >= the 202nd fastest (4.5 ms)
+    assert q["tail_alone_share"] == round(1 / 3, 3)
+    assert q["tail_ahead_p50"] == 1 and q["tail_ahead_max"] == 2
+    assert q["all_alone_share"] == round(202 / 204, 3)
+    assert lc.queueing([]) == {"tail": 0}
