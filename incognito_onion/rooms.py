@@ -75,6 +75,7 @@ class Departure:
     new_host: str | None  # set when the host role moved
     room_closed: bool
     tickets_changed: bool = False  # a removal: the others must be told the new restore ticket
+    relay_receiver: bool = False  # it received media through the onion relay (several workers)
 
 
 @dataclass

@@ -52,7 +52,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("server.port", "int", 8080, "TCP port of the web server", min=1, max=65535),
     _s("server.workers", "int", 1,
        "server processes sharing the port; above 1 they share rooms through a private "
-       "redis-server (Debian package redis-server), websocket only, no onion media relay",
+       "redis-server (Debian package redis-server), websocket only",
        min=1, max=64),
     _s("server.redis_binary", "str", "redis-server",
        "the redis-server executable started when server.workers is above 1 (Debian package "

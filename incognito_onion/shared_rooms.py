@@ -31,6 +31,10 @@ new connection to any of them, so two people of one room are usually on differen
   like any disconnect, within about :data:`NODE_TTL` seconds.
 - Events between people travel through python-socketio's ``AsyncRedisManager`` (Redis pub/sub):
   an emit to a room or to one connection reaches it on whichever worker holds it.
+- ``rrecv:<id>`` (a hash peer id -> ``{"n": worker id, "o": senders wanted or null}``) lists
+  the room's onion media relay receivers, for the ``media/receivers`` note and for the workers
+  whose senders must publish chunks to theirs (:mod:`relay_link`). A departure removes its
+  entry in the same transaction, so a receiver never outlives its membership.
 
 Clocks: room grace periods use wall-clock time (``time.time``), the same for every process on
 the machine. Redis runs without persistence: if it restarts, open rooms are gone (people rejoin
@@ -122,6 +126,9 @@ class LocalRooms:
     async def count(self) -> int:
         return len(self.registry)
 
+    async def room(self, room_id: str) -> Room | None:
+        return self.registry.rooms.get(room_id)
+
     async def close(self) -> None:
         return None
 
@@ -162,6 +169,10 @@ def k_meta(room_id: str) -> str:
 
 def k_sid(sid: str) -> str:
     return f"{PREFIX}sid:{sid}"
+
+
+def k_recv(room_id: str) -> str:
+    return f"{PREFIX}rrecv:{room_id}"
 
 
 def k_node(node: str) -> str:
@@ -280,6 +291,37 @@ class SharedRooms:
     def target(self, room: Room, peer_id: str) -> Peer:
         return target(room, peer_id)
 
+    async def room(self, room_id: str) -> Room | None:
+        """The room as it is now (without profiles), or None."""
+        raw = await self.r.get(k_room(room_id))
+        return None if raw is None else decode_room(raw)
+
+    # -- onion media relay receivers ---------------------------------------------------------------
+    async def relay_receivers(self, room_id: str) -> dict[str, tuple[str, frozenset[str] | None]]:
+        """The room's relay receivers: peer id -> (its worker, the senders it wants or None
+        for all)."""
+        out: dict[str, tuple[str, frozenset[str] | None]] = {}
+        for peer_id, raw in (await self.r.hgetall(k_recv(room_id))).items():
+            d = json.loads(raw)
+            out[peer_id] = (d["n"], None if d["o"] is None else frozenset(d["o"]))
+        return out
+
+    async def set_receiver(self, room_id: str, sid: str, only: frozenset[str] | None) -> None:
+        """Makes the peer ``sid`` holds in ``room_id`` a relay receiver on this worker (of
+        ``only`` those senders, or all), if it is still there."""
+        async def body(pipe: Any):
+            room = await self._load(pipe, room_id)
+            peer = find_sid(room, sid) if room is not None else None
+            if room is None or peer is None:
+                raise RoomError("not_in_room", "you are not in this room")
+            entry = json.dumps({"n": self.node, "o": None if only is None else sorted(only)})
+            return None, lambda p: p.hset(k_recv(room_id), peer.id, entry)
+
+        await self._txn([k_room(room_id)], body)
+
+    async def drop_receiver(self, room_id: str, peer_id: str) -> None:
+        await self.r.hdel(k_recv(room_id), peer_id)
+
     # -- changes -----------------------------------------------------------------------------------
     async def open_pinned(self, room_id: str | None = None) -> Room:
         """The room ``up`` prints (lives while the server runs, even empty); ``room_id`` opens
@@ -396,9 +438,18 @@ class SharedRooms:
             if room is None or actor is None:
                 raise RoomError("not_in_room", "you are not in this room")
             leaving = choose(room, actor)
-            return self._departure(room, leaving, reason)
+            return await self._departure_of(pipe, room, leaving, reason)
 
         return await self._txn([k_room(room_id)], body)
+
+    async def _departure_of(self, pipe: Any, room: Room, leaving: Peer, reason: str
+                            ) -> tuple[Departure, Callable[[Any], None]]:
+        """:meth:`_departure`, and whether the one leaving was a relay receiver (read through
+        ``pipe`` before the writes)."""
+        was_receiver = bool(await pipe.hexists(k_recv(room.id), leaving.id))
+        dep, writes = self._departure(room, leaving, reason)
+        dep.relay_receiver = was_receiver
+        return dep, writes
 
     def _departure(self, room: Room, leaving: Peer, reason: str
                    ) -> tuple[Departure, Callable[[Any], None]]:
@@ -407,8 +458,9 @@ class SharedRooms:
 
         def writes(p: Any) -> None:
             p.hdel(k_sid(leaving.sid), room.id)
+            p.hdel(k_recv(room.id), leaving.id)
             if dep.room_closed:
-                p.delete(k_room(room.id), k_meta(room.id))
+                p.delete(k_room(room.id), k_meta(room.id), k_recv(room.id))
                 p.srem(K_ROOMS, room.id)
                 p.zrem(K_EMPTY, room.id)
                 return
@@ -472,7 +524,7 @@ class SharedRooms:
                 return False, lambda p: p.zrem(K_EMPTY, room_id) if room.peers else None
 
             def writes(p: Any) -> None:
-                p.delete(k_room(room_id), k_meta(room_id))
+                p.delete(k_room(room_id), k_meta(room_id), k_recv(room_id))
                 p.srem(K_ROOMS, room_id)
                 p.zrem(K_EMPTY, room_id)
             return room is not None, writes
@@ -511,7 +563,7 @@ class SharedRooms:
                              None) if room is not None else None
                 if room is None or ghost is None:
                     return None, lambda p: None
-                return self._departure(room, ghost, "disconnected")
+                return await self._departure_of(pipe, room, ghost, "disconnected")
 
             dep = await self._txn([k_room(room_id)], body)
             if dep is None:

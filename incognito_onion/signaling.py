@@ -30,6 +30,7 @@ from .fastpath import websocket_handler as fast_websocket_handler
 from .limits import Throttle, TokenBucket
 from .media_relay import Chunk, RoomRelay, StreamKey
 from .protocol import parse
+from .relay_link import RelayLink
 from .room_tickets import RoomTickets
 from .rooms import Departure, Joined, Registry, Room, RoomError
 from .shared_rooms import LocalRooms
@@ -241,6 +242,8 @@ class Signaling:
                       "minVideoKbps": cfg.media.min_video_kbps}
         self.max_chunk: int = cfg.media.relay_max_chunk_bytes
         self.relays: dict[str, RoomRelay] = {}  # room id -> media relay state (onion relay)
+        # several workers: chunks to and from the other workers' relay receivers (worker.py)
+        self.link: RelayLink | None = None
         self.conns: dict[str, _Conn] = {}
         # new sessions per second, server-wide (per process): a connection brings a fresh
         # failed-join budget, so without this a guesser could churn connections for budgets
@@ -369,7 +372,9 @@ class Signaling:
         conn = self.conns.get(sid)
         return dict(self.ice(peer_id, conn.host if conn else self.cfg.server.host))
 
-    def _welcome(self, sid: str, room: Room, peer_id: str, resume: str) -> dict[str, Any]:
+    async def _welcome(self, sid: str, room: Room, peer_id: str, resume: str
+                       ) -> dict[str, Any]:
+        note = await self._receivers_note(room.id)
         return {
             "room": room.id,
             "peer": peer_id,
@@ -382,8 +387,8 @@ class Signaling:
             "peers": [{"peer": p.id, "meta": p.meta} for p in room.others(peer_id)],
             **self._ice_for(sid, peer_id),
             "media": self.media,
-            "mediaRelay": self._relay_receivers(room.id),
-            "mediaRelayFrom": self._receivers_note(room.id)["from"],
+            "mediaRelay": note["peers"],
+            "mediaRelayFrom": note["from"],
         }
 
     def _host_ticket(self, room: Room, peer_id: str) -> dict[str, str]:
@@ -396,7 +401,7 @@ class Signaling:
         joined = await self.rooms.create(sid, f.get("meta", ""))
         await self.sio.enter_room(sid, joined.room.id)
         log.info("room created (%d open)", await self.rooms.count())
-        return self._welcome(sid, joined.room, joined.peer.id, joined.peer.resume)
+        return await self._welcome(sid, joined.room, joined.peer.id, joined.peer.resume)
 
     async def _join(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
         conn = self.conns[sid]
@@ -432,7 +437,7 @@ class Signaling:
             await self.sio.emit("host", {"room": room.id, "peer": peer.id}, room=room.id,
                                 skip_sid=sid)
         log.debug("peer joined a room (%d peers in it)", len(room.peers))
-        return self._welcome(sid, room, peer.id, peer.resume)
+        return await self._welcome(sid, room, peer.id, peer.resume)
 
     async def _restore(self, sid: str, conn: _Conn, f: dict[str, Any], ticket: int | None,
                        claim: int | None) -> Joined:
@@ -511,6 +516,7 @@ class Signaling:
         rid = dep.room.id
         relay = self.relays.get(rid)
         was_receiver = relay.remove_peer(dep.peer.id) if relay else False
+        was_receiver = was_receiver or dep.relay_receiver  # (several workers: on another one)
         if relay is not None and (dep.room_closed or not relay.receivers):
             del self.relays[rid]
         if was_receiver and not dep.room_closed:
@@ -528,58 +534,90 @@ class Signaling:
                 await self.sio.emit("host-restore", {"room": rid, **ticket}, to=heir.sid)
 
     # -- media relay (docs/protocol.md "Media relay") ------------------------------------------
-    def _relay_receivers(self, room_id: str) -> list[str]:
+    # Each worker relays to the receivers whose connections it holds (self.relays: their queues
+    # and windows); with several workers the room's receivers are listed in redis, and a chunk
+    # also goes to the workers holding the others (relay_link).
+    async def _receivers(self, room_id: str) -> dict[str, frozenset[str] | None]:
+        """Every relay receiver of the room (on any worker) -> the senders it wants (None:
+        all)."""
+        if self.shared:
+            return {p: only for p, (_node, only) in
+                    (await self.rooms.relay_receivers(room_id)).items()}
         relay = self.relays.get(room_id)
-        return list(relay.receivers) if relay else []
+        return {p: q.only for p, q in relay.receivers.items()} if relay else {}
 
     async def _announce_receivers(self, room_id: str) -> None:
-        await self.sio.emit("media/receivers", self._receivers_note(room_id), room=room_id)
+        await self.sio.emit("media/receivers", await self._receivers_note(room_id),
+                            room=room_id)
 
-    def _receivers_note(self, room_id: str) -> dict[str, Any]:
+    async def _receivers_note(self, room_id: str) -> dict[str, Any]:
         """``{room, peers, from}``: who receives through the relay; ``from`` maps the receivers
         that want only some senders to those senders (a sender records only when wanted)."""
-        relay = self.relays.get(room_id)
-        return {"room": room_id, "peers": self._relay_receivers(room_id),
-                "from": relay.restricted() if relay else {}}
+        receivers = await self._receivers(room_id)
+        return {"room": room_id, "peers": list(receivers),
+                "from": {p: sorted(only) for p, only in receivers.items() if only is not None}}
 
     async def _media_need(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
         room, peer = await self.rooms.member(f["room"], sid)
-        if self.shared and f["need"]:
-            # the relay's per-receiver queues and acks live in one process
-            raise RoomError("relay_unavailable", "the onion media relay needs server.workers: 1")
         m = self.cfg.media
         relay = self.relays.get(room.id)
+        only = f.get("from")
         if f["need"]:
             if relay is None:
                 relay = self.relays[room.id] = RoomRelay(
                     room_kbps=m.relay_room_kbps, max_chunks=m.relay_queue_chunks,
                     max_delay=m.relay_max_delay_ms / 1000, window=m.relay_window)
             q = relay.receivers.get(peer.id)
-            only = f.get("from")
             changed = q is None or q.only != only
             relay.add_receiver(peer.id, only).reset_flight()
+            if self.shared:
+                await self.rooms.set_receiver(room.id, sid, only)
         else:
             # it stops receiving; what it sends others still goes out
             changed = relay is not None and relay.stop_receiving(peer.id)
             if relay is not None and not relay.receivers:
                 del self.relays[room.id]
+            if self.shared:
+                await self.rooms.drop_receiver(room.id, peer.id)
+        note = await self._receivers_note(room.id)
         if changed:
-            log.debug("media relay receivers changed (%d)", len(self._relay_receivers(room.id)))
-            await self._announce_receivers(room.id)
-        note = self._receivers_note(room.id)
+            log.debug("media relay receivers changed (%d)", len(note["peers"]))
+            await self.sio.emit("media/receivers", note, room=room.id)
         return {"receivers": note["peers"], "from": note["from"]}
 
     async def _media(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
         room, peer = await self.rooms.member(f["room"], sid)
+        chunk = Chunk(peer.id, f["stream"], f["seq"], f["key"], f["ts"], f["data"])
+        relayed = 0
+        if self.link is not None:  # receivers on the other workers
+            elsewhere = {p: node for p, (node, only) in
+                         (await self.rooms.relay_receivers(room.id)).items()
+                         if node != self.link.node and p != peer.id
+                         and (only is None or peer.id in only) and p in room.peers}
+            if elsewhere:
+                await self.link.publish(set(elsewhere.values()), room.id, chunk)
+                relayed += len(elsewhere)
         relay = self.relays.get(room.id)
-        if relay is None:
-            return {"relayed": 0}
-        routed = relay.route(Chunk(peer.id, f["stream"], f["seq"], f["key"], f["ts"],
-                                   f["data"]))
+        if relay is not None:
+            relayed += await self._route(room, relay, chunk)
+        return {"relayed": relayed}
+
+    async def relay_from_worker(self, room_id: str, chunk: Chunk) -> None:
+        """A chunk another worker's sender sent, for this worker's receivers (relay_link)."""
+        relay = self.relays.get(room_id)
+        room = await self.rooms.room(room_id) if relay is not None else None
+        if relay is None or room is None or chunk.sender not in room.peers:
+            return
+        await self._route(room, relay, chunk)
+
+    async def _route(self, room: Room, relay: RoomRelay, chunk: Chunk) -> int:
+        """Queues ``chunk`` for this worker's receivers and sends what their windows allow;
+        returns how many it was queued for (0 when the room's cap dropped it)."""
+        routed = relay.route(chunk)
         await self._ask_keys(room, routed.key_requests)
         for target in routed.receivers:
             await self._drain(room, relay, target)
-        return {"relayed": 0 if routed.capped else len(routed.receivers)}
+        return 0 if routed.capped else len(routed.receivers)
 
     async def _media_keyframe(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
         room, peer = await self.rooms.member(f["room"], sid)
@@ -603,6 +641,10 @@ class Signaling:
         peer = room.peers.get(target)
         if q is None or peer is None or q.draining:
             return
+        if self.link is not None and peer.node != self.link.node:
+            # it came back on another worker (a resume), which relays to it from now on
+            relay.stop_receiving(target)
+            return
         q.draining = True
         try:
             while True:
@@ -613,9 +655,11 @@ class Signaling:
                 payload = {"room": room.id, "from": chunk.sender, "stream": chunk.stream,
                            "seq": chunk.seq, "key": chunk.key, "ts": chunk.ts,
                            "data": chunk.data}
+                # (several workers: this one holds the connection; nothing through redis)
                 await self.sio.emit("media", payload, to=peer.sid,
                                     callback=functools.partial(self._media_acked, room.id,
-                                                               target, q))
+                                                               target, q),
+                                    ignore_queue=self.shared)
         except Exception:
             log.exception("error while relaying media")
         finally:
@@ -626,6 +670,6 @@ class Signaling:
         if relay is None or relay.receivers.get(target) is not q:
             return
         q.acked()
-        room = self.registry.rooms.get(room_id)
+        room = await self.rooms.room(room_id)
         if room is not None:
             await self._drain(room, relay, target)

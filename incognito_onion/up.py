@@ -192,7 +192,7 @@ async def _serve(cfg: Config, state_dir: Path, opts: UpOptions, stop: asyncio.Ev
             except WorkerError as exc:
                 raise UpError(str(exc), exc.code) from None
             _say(f"{workers} server processes share port {port}; rooms are kept in a private "
-                 f"redis-server (websocket only, no onion media relay)")
+                 f"redis-server (websocket only)")
         tor = None
         if cfg.tor.enabled:
             base, tor = await _start_tor(cfg, state_dir, port, turn_port, stack)

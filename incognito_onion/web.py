@@ -131,11 +131,15 @@ def _sweeper(signaling: Signaling, every: float | None = None):
                     log.warning("room upkeep failed (%s)", type(exc).__name__)
 
         await rooms.start()
+        if signaling.link is not None:
+            await signaling.link.start()
         task = asyncio.create_task(loop())
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if signaling.link is not None:
+            await signaling.link.close()
         await rooms.close()
         # several workers: stop listening to redis before up stops it
         listener = getattr(signaling.sio.manager, "thread", None)

@@ -31,6 +31,7 @@ from typing import Any
 
 from . import exitcodes, runtime
 from .config import Config
+from .relay_link import RelayLink
 from .room_tickets import RoomTickets
 from .signaling import IceProvider, Signaling, no_turn_ice
 
@@ -57,7 +58,10 @@ def make_signaling(cfg: Config, ice: IceProvider, redis_url: str | None,
         redis_url, node=manager.host_id, capacity=cfg.rooms.capacity,
         max_rooms=cfg.rooms.max_rooms, per_connection=cfg.rooms.per_connection,
         empty_grace=cfg.rooms.empty_grace_seconds)
-    return Signaling(cfg, ice=ice, rooms=rooms, client_manager=manager, tickets=tickets)
+    sig = Signaling(cfg, ice=ice, rooms=rooms, client_manager=manager, tickets=tickets)
+    # the onion media relay's chunks to the receivers other workers hold
+    sig.link = RelayLink(redis_url, manager.host_id, sig.relay_from_worker)
+    return sig
 
 
 def turn_spec(sup: Any, policy: str) -> dict[str, Any]:

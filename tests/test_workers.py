@@ -7,7 +7,9 @@ redis-server (issue 8, "Scale past one process").
 - A live ``incognito-onion up`` with ``server.workers: 2``: two peers whose sockets the kernel
   gave to different processes (found from the processes' own TCP connections) create, join,
   exchange ``message`` and ``connection``, see ``joined``/``left``/``host``/``locked``; polling is
-  refused; ``media/need`` is refused with ``relay_unavailable``; redis is stopped on exit.
+  refused; redis is stopped on exit. The onion media relay across the processes: a sender's
+  chunks reach receivers on either worker, in order and windowed by their acks, key requests
+  and receiver notes cross, a receiver's departure is announced.
 - Configuration: the range of ``server.workers``; a missing redis-server is one line naming the
   Debian package, with its own exit code.
 """
@@ -145,6 +147,30 @@ async def test_two_workers_share_one_room(redis_url):
     with pytest.raises(RoomError) as exc:
         await w1.join(rid, "s4")
     assert exc.value.code == "room_not_found"
+
+
+async def test_relay_receivers_are_listed_with_their_worker_and_leave_with_their_peer(
+        redis_url):
+    w0, w1 = stores(redis_url)
+    rid = (await w0.create("s1")).room.id
+    b = (await w1.join(rid, "s2")).peer
+    c = (await w1.join(rid, "s3")).peer
+    await w1.set_receiver(rid, "s2", None)
+    await w1.set_receiver(rid, "s3", frozenset({"x" * 16}))
+    assert await w0.relay_receivers(rid) == {b.id: ("w1", None),
+                                             c.id: ("w1", frozenset({"x" * 16}))}
+    with pytest.raises(RoomError):  # a connection not in the room cannot list itself
+        await w0.set_receiver(rid, "nobody", None)
+    await w1.drop_receiver(rid, c.id)
+    assert list(await w0.relay_receivers(rid)) == [b.id]
+    # leaving removes the entry in the same transaction, and says it was a receiver
+    dep = await w1.leave(rid, "s2")
+    assert dep.relay_receiver and await w0.relay_receivers(rid) == {}
+    assert not (await w1.leave(rid, "s3")).relay_receiver
+    # a closed room leaves no list behind
+    await w0.set_receiver(rid, "s1", None)
+    assert (await w0.leave(rid, "s1")).room_closed
+    assert await w0.r.exists("io:rrecv:" + rid) == 0 and await w0.room(rid) is None
 
 
 async def test_concurrent_joins_never_overfill_a_room(redis_url):
@@ -319,9 +345,6 @@ async def test_two_peers_on_different_workers_share_a_room(two_workers):
         assert (await a.call("lock", {"room": rid, "locked": True}))["locked"] is True
         await b.next("locked", room=rid, locked=True)
         assert (await d.try_join(rid))["error"]["code"] == "room_locked"
-        # the onion media relay stays single-process: refused with its own code
-        need = await b.call("media/need", {"room": rid, "need": True})
-        assert need["error"]["code"] == "relay_unavailable"
         # the host leaves: the peer on the other process becomes host
         await a.disconnect()
         await b.next("left", room=rid, peer=made["peer"], reason="disconnected")
@@ -330,6 +353,62 @@ async def test_two_peers_on_different_workers_share_a_room(two_workers):
         # the room up printed is in redis too: its first joiner is its host
         pinned = await b.join(srv.room)
         assert pinned["host"] == pinned["peer"] and pinned["peers"] == []
+    finally:
+        for p in (a, b, c, *spare):
+            await p.disconnect()
+
+
+def media(room: str, seq: int, key: bool = False, stream: str = "v") -> dict:
+    return {"room": room, "stream": stream, "seq": seq, "key": key,
+            "ts": time.time() * 1000, "data": bytes([seq % 256]) * 3000}
+
+
+async def test_the_onion_media_relay_crosses_workers(two_workers):
+    srv = two_workers
+    spare: list[Peer] = []
+    a, pid_a = await _peer_on(srv, "a", None, spare)  # the sender
+    b, pid_b = await _peer_on(srv, "b", pid_a, spare)  # a receiver on the other worker
+    c, pid_c = await _peer_on(srv, "c", pid_b, spare)  # a receiver on the sender's worker
+    try:
+        assert pid_a != pid_b and pid_c == pid_a
+        made = await a.create()
+        rid, aid = made["room"], made["peer"]
+        bid = (await b.join(rid))["peer"]
+        # b needs the relay: the sender, on the other worker, is told
+        need = await b.call("media/need", {"room": rid, "need": True})
+        assert need == {"ok": True, "receivers": [bid], "from": {}}
+        assert (await a.next("media/receivers", room=rid))["peers"] == [bid]
+        # a joiner's welcome lists it too (read from redis)
+        welcome = await c.join(rid)
+        cid = welcome["peer"]
+        assert welcome["mediaRelay"] == [bid] and welcome["mediaRelayFrom"] == {}
+        # c wants only a's media; everyone sees both receivers, whichever worker said so
+        need = await c.call("media/need", {"room": rid, "need": True, "from": [aid]})
+        assert sorted(need["receivers"]) == sorted([bid, cid]) and need["from"] == {cid: [aid]}
+        note = await b.next("media/receivers", room=rid, **{"from": {cid: [aid]}})
+        assert sorted(note["peers"]) == sorted([bid, cid])
+        # 12 chunks, three times the window of 4 unacknowledged: each receiver's acks let the
+        # rest out, to the one across the workers as to the one beside the sender
+        for i in range(12):
+            ack = await a.call("media", media(rid, i, key=i == 0))
+            assert ack == {"ok": True, "relayed": 2}, (i, ack)
+        for r in (b, c):
+            for i in range(12):
+                got = await r.next("media", room=rid, seq=i, timeout=10)
+                assert got["from"] == aid and got["key"] == (i == 0)
+                assert got["data"] == bytes([i]) * 3000
+        # b's media is wanted by nobody: c wants a's only, a receives nothing
+        assert (await b.call("media", media(rid, 0, key=True)))["relayed"] == 0
+        # a key request from b reaches a on the other worker
+        assert await b.call("media/keyframe", {"room": rid, "to": aid, "stream": "v"}) == \
+            {"ok": True}
+        assert (await a.next("media/keyframe", room=rid))["from"] == bid
+        # b goes away: the others are told it no longer receives
+        await b.disconnect()
+        note = await a.next("media/receivers", room=rid, peers=[cid])
+        assert note["from"] == {cid: [aid]}
+        assert (await a.call("media", media(rid, 12)))["relayed"] == 1
+        await c.next("media", room=rid, seq=12)
     finally:
         for p in (a, b, c, *spare):
             await p.disconnect()
