@@ -1,6 +1,7 @@
 """The onion media relay in real browsers: a Tor-Browser-like Firefox (no WebRTC, no camera,
 resistFingerprinting) in a room with two Chromium participants, through the real server
-(`up --no-tor` with coturn) behind a recording proxy."""
+(`up --no-tor` with coturn) behind a recording proxy; and with two server processes, from a
+Chromium whose connection the other process holds."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import time
 import pytest
 
 from tests.support.browsers import FIREFOX_AUTOPLAY, FIREFOX_TOR_LIKE, ff_wait
-from tests.support.webclient import NO_TURN, new_participant
+from tests.support.server import start_server, worker_of
+from tests.support.webclient import NO_TURN, Recorder, new_participant
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -182,3 +184,47 @@ async def test_slow_onion_receiver_latency_stays_bounded_and_audio_goes_on(
                   sender, v0["appended"], v0["currentTime"], what="video after the link healed")
     await c.wait("incognito.relaySender.stats.level === 0"
                  " && incognito.relaySender.stats.ups >= 1", timeout=60)
+
+
+@pytest.fixture
+async def two_workers_recorder(tmp_path):
+    """``up`` with two server processes (rooms and relay receivers in its redis-server), behind
+    a recording proxy."""
+    srv = start_server(tmp_path, env={"INCOGNITO_SERVER_WORKERS": "2"})
+    rec = Recorder(srv.base)
+    try:
+        await rec.start()
+        yield srv, rec
+    finally:
+        await rec.close()
+        srv.stop()
+
+
+async def test_tor_like_firefox_gets_media_from_a_chromium_on_another_worker(
+        two_workers_recorder, webchromium, firefox_marionette):
+    srv, rec = two_workers_recorder
+    url = rec.base + srv.url[len(srv.base):]
+    c = await new_participant(webchromium, url, "Chromium Sender")
+    await c.join()
+    sender = await c.self_id()
+    held_by = worker_of(srv, rec.upstream_port(sender))
+    ff = await asyncio.to_thread(firefox_marionette, TOR_LIKE)
+    # the kernel hands each connection to either process: join again until Firefox's lands on
+    # the other one (each try ~1/2)
+    for attempt in range(12):
+        if attempt:  # (the same URL again would only move within the page)
+            await asyncio.to_thread(ff.navigate, "about:blank")
+        tor_id = await ff_join(ff, url, f"Tor Elsewhere {attempt}")
+        if worker_of(srv, rec.upstream_port(tor_id)) != held_by:
+            print(f"\nFirefox on the other server process after {attempt + 1} join(s)")
+            break
+    else:
+        pytest.fail("12 joins of Firefox all went to the sender's server process")
+    s = await wait_playing(ff, {sender})
+    assert s[sender]["w"] == 320, s[sender]  # the fake camera's picture, decoded
+    assert s[sender]["v"]["keys"] >= 1 and s[sender]["a"]["keys"] >= 1, s[sender]
+    assert s[sender]["path"] == "onion relay", s[sender]
+    assert await asyncio.to_thread(ff.run, "return incognito.sig.mediaStats.undecryptable;") == 0
+    await c.wait("(() => { const t = document.querySelector("
+                 f"'.tile[data-peer=\"{tor_id}\"] .path');"
+                 " return t && t.textContent === 'onion relay'; })()")

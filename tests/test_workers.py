@@ -33,7 +33,15 @@ from incognito_onion.config import ConfigError, load
 from incognito_onion.redis_supervisor import EXIT_CODE, RedisSupervisor, find_binary
 from incognito_onion.rooms import RoomError
 from incognito_onion.shared_rooms import SharedRooms, decode_room, encode_room
-from tests.support.server import Peer, fence, free_port, server_command, start_server
+from tests.support.server import (
+    Peer,
+    fence,
+    free_port,
+    server_command,
+    server_procs,
+    start_server,
+    worker_of,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,24 +252,10 @@ async def test_stopped_worker_peers_are_removed(redis_url):
 
 # --- a live server with two workers --------------------------------------------------------------
 
-def _server_procs(srv) -> list[psutil.Process]:
-    parent = psutil.Process(srv.pid)
-    kids = [p for p in parent.children() if "incognito_onion.worker" in " ".join(p.cmdline())]
-    return [parent, *kids]
-
-
 def _my_ports(port: int) -> set[int]:
     me = psutil.Process()
     return {c.laddr.port for c in me.net_connections(kind="tcp")
             if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED}
-
-
-def _worker_of(srv, client_port: int) -> int:
-    for proc in _server_procs(srv):
-        for c in proc.net_connections(kind="tcp"):
-            if c.laddr.port == srv.port and c.raddr and c.raddr.port == client_port:
-                return proc.pid
-    raise AssertionError(f"no server process holds the connection from port {client_port}")
 
 
 async def _peer_on(srv, name: str, avoid: int | None, extra: list[Peer]) -> tuple[Peer, int]:
@@ -273,7 +267,7 @@ async def _peer_on(srv, name: str, avoid: int | None, extra: list[Peer]) -> tupl
         await p.connect()
         new = _my_ports(srv.port) - before
         assert len(new) == 1, new
-        pid = _worker_of(srv, new.pop())
+        pid = worker_of(srv, new.pop())
         if pid != avoid:
             return p, pid
         extra.append(p)  # keep it open so the next connection gets a fresh hash
@@ -299,7 +293,7 @@ def two_workers(tmp_path):
 
 async def test_two_peers_on_different_workers_share_a_room(two_workers):
     srv = two_workers
-    procs = _server_procs(srv)
+    procs = server_procs(srv)
     assert len(procs) == 2, procs
     spare: list[Peer] = []
     a, pid_a = await _peer_on(srv, "a", None, spare)
@@ -438,7 +432,7 @@ async def test_a_killed_worker_is_restarted_and_its_peers_leave(two_workers):
         assert (await b.next("host", room=made["room"]))["peer"] == ack["peer"]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            kids = _server_procs(srv)[1:]
+            kids = server_procs(srv)[1:]
             if kids and kids[0].pid != pid_a:
                 break
             await asyncio.sleep(0.2)

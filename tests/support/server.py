@@ -603,3 +603,22 @@ class RawSocketIO:
             if isinstance(frame, str) and frame.startswith(prefix):
                 values = json.loads(frame[len(prefix) - 1:])
                 return values[0] if values else None
+
+
+def server_procs(srv: LiveServer) -> list:
+    """``up`` and its worker processes (``server.workers`` above 1), as psutil processes."""
+    import psutil
+
+    parent = psutil.Process(srv.pid)
+    kids = [p for p in parent.children() if "incognito_onion.worker" in " ".join(p.cmdline())]
+    return [parent, *kids]
+
+
+def worker_of(srv: LiveServer, client_port: int) -> int:
+    """The PID of the server process holding the TCP connection from local port
+    ``client_port`` (the kernel hands each new connection to any of the workers)."""
+    for proc in server_procs(srv):
+        for c in proc.net_connections(kind="tcp"):
+            if c.laddr.port == srv.port and c.raddr and c.raddr.port == client_port:
+                return proc.pid
+    raise AssertionError(f"no server process holds the connection from port {client_port}")

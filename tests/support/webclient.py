@@ -127,6 +127,7 @@ class _WsPair:
     held: bool = False
     rate: float | None = None  # bytes/s toward the browser (None = as fast as it goes)
     binary_down: list[bytes] = field(default_factory=list)
+    upstream_port: int = 0  # the local port of the proxy's connection to the server
 
 
 _MEDIA_EVENT = re.compile(r'^451-(?:/[^,]*,)?\d*\["media",\{.*"stream":"([av])"')
@@ -149,26 +150,33 @@ class Recorder:
         while keeping the server side open and silent, like a network that died without a FIN:
         the browser reconnects at once, the server has not noticed yet, so the browser's
         ``join`` with its resume token takes its old peer over. Returns how many were cut."""
+        pairs = self._pairs_of(peer)
+        for pair in pairs:
+            pair.held = True
+            await pair.ws.close()
+        return len(pairs)
+
+    def _pairs_of(self, peer: str) -> list[_WsPair]:
+        """The open WebSockets of peer ``peer`` (found by its join ack)."""
         own = re.compile(r'"peer":\s*"' + re.escape(peer) + r'",\s*"host"')
-        cut = 0
-        for pair in self._pairs:
-            if not pair.ws.closed and any(own.search(t) for t in pair.down):
-                pair.held = True
-                await pair.ws.close()
-                cut += 1
-        return cut
+        return [pair for pair in self._pairs
+                if not pair.ws.closed and any(own.search(t) for t in pair.down)]
 
     def throttle(self, peer: str, bytes_per_s: float | None) -> int:
         """Slows what the server sends to peer ``peer``'s browser to ``bytes_per_s`` (a thin
         link: the proxy reads from the server only as fast as that, so the server feels the
         backpressure); None lifts it. Returns how many WebSockets it applies to."""
-        own = re.compile(r'"peer":\s*"' + re.escape(peer) + r'",\s*"host"')
-        n = 0
-        for pair in self._pairs:
-            if not pair.ws.closed and any(own.search(t) for t in pair.down):
-                pair.rate = bytes_per_s
-                n += 1
-        return n
+        pairs = self._pairs_of(peer)
+        for pair in pairs:
+            pair.rate = bytes_per_s
+        return len(pairs)
+
+    def upstream_port(self, peer: str) -> int:
+        """The local port of the proxy's open connection to the server for peer ``peer``'s
+        WebSocket (to find which server process holds it)."""
+        ports = [pair.upstream_port for pair in self._pairs_of(peer)]
+        assert len(ports) == 1, (peer, ports)
+        return ports[0]
 
     def binary(self, direction: str | None = None) -> list[bytes]:
         """Every binary WebSocket frame relayed (both ways, or ``up`` / ``down``)."""
@@ -229,6 +237,7 @@ class Recorder:
             self._pairs.append(pair)
             async with self._session.ws_connect(url.replace("http", "ws", 1),
                                                 headers=headers) as up:
+                pair.upstream_port = up.get_extra_info("sockname")[1]
                 async def pump(src: Any, dst: Any, tag: str) -> None:
                     with contextlib.suppress(Exception):
                         async for msg in src:
