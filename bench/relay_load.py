@@ -660,9 +660,12 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
             "machine_cpu_percent": machine_cpu,
             "other_processes_cpu_percent": max(0.0, machine_cpu - server_cpu - sum(gen_cpu)),
             "server_alive_at_end": server_alive,
-            "server_log_warnings": sum(1 for ln in server_log
-                                       if " WARNING " in ln or " ERROR " in ln
-                                       or "Traceback" in ln or "Error" in ln),
+            "server_log_warnings": len(warned := [ln for ln in server_log
+                                                  if " WARNING " in ln or " ERROR " in ln
+                                                  or "Traceback" in ln or "Error" in ln]),
+            # the first few kinds, so a run that went wrong says why
+            "server_log_first_warnings": list(dict.fromkeys(
+                ln.split(" ", 2)[-1][:200] for ln in warned))[:5],
         })
         res["bound"] = verdict(res)
         for g in gens:
@@ -792,6 +795,7 @@ def report(r: dict) -> str:
         rows.append(("server", f"alive at end: {r['server_alive_at_end']}, exit "
                      f"{r.get('server_exit_code')}, {r['server_log_warnings']} warning/error "
                      f"log lines"))
+        rows += [("  server log", ln) for ln in r.get("server_log_first_warnings", [])]
     width = max(len(k) for k, _ in rows)
     head = (f"relay load: {SERVER_NAMES[r.get('server', 'ours')]}, {c['clients']} clients in "
             f"rooms of {c['rooms_of']}, one server process, 127.0.0.1")

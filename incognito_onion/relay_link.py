@@ -79,9 +79,9 @@ class RelayLink:
         self.subscriptions = 0  # how many times it (re)subscribed: 1 once started
 
     async def start(self) -> None:
-        from redis import asyncio as aioredis
+        from .shared_rooms import redis_client
 
-        self._r = aioredis.Redis.from_url(self.url)  # bytes: chunks are binary
+        self._r = redis_client(self.url, decode=False)  # bytes: chunks are binary
         self._task = asyncio.create_task(self._read_loop())
 
     async def close(self) -> None:

@@ -78,6 +78,19 @@ PREFIX = "io:"
 NODE_TTL = 10.0  # seconds a worker's liveness key lives without a refresh
 HEARTBEAT = 2.0  # seconds between refreshes
 MAX_RETRIES = 100  # optimistic transaction attempts before giving up (a bug or a storm)
+# Connections to redis per client: commands beyond wait for a free one (redis-py's default pool
+# raises MaxConnectionsError past 100 at once, which a loaded worker reached: every event of
+# every connection awaits a command)
+REDIS_POOL = 32
+POOL_WAIT = 30.0  # seconds a command may wait for a connection before it fails
+
+
+def redis_client(url: str, *, decode: bool = True, pool: int = REDIS_POOL) -> Any:
+    """A ``redis.asyncio.Redis`` on a blocking pool of ``pool`` connections."""
+    from redis import asyncio as aioredis
+
+    return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=pool, timeout=POOL_WAIT, decode_responses=decode))
 
 
 class LocalRooms:
@@ -192,8 +205,12 @@ class SharedRooms:
 
     def __init__(self, redis: Any, *, node: str, capacity: int = 6, max_rooms: int = 1000,
                  per_connection: int = 2, empty_grace: float = 0.0,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, beat_redis: Any = None):
         self.r = redis  # a redis.asyncio.Redis with decode_responses=True
+        # the heartbeat's own connection: a liveness key that cannot be refreshed for
+        # NODE_TTL seconds gets this worker's people removed by the others, so it must not
+        # queue behind a busy worker's room commands
+        self.beat_r = beat_redis if beat_redis is not None else redis
         self.node = node
         self.capacity = capacity
         self.max_rooms = max_rooms
@@ -204,9 +221,7 @@ class SharedRooms:
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> SharedRooms:
-        from redis import asyncio as aioredis
-
-        return cls(aioredis.Redis.from_url(url, decode_responses=True), **kw)
+        return cls(redis_client(url), beat_redis=redis_client(url, pool=1), **kw)
 
     # -- liveness ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -215,7 +230,7 @@ class SharedRooms:
         self._beat = asyncio.create_task(self._beat_loop())
 
     async def _heartbeat(self) -> None:
-        async with self.r.pipeline(transaction=True) as p:
+        async with self.beat_r.pipeline(transaction=True) as p:
             p.set(k_node(self.node), "1", px=int(NODE_TTL * 1000))
             p.sadd(K_NODES, self.node)
             await p.execute()
@@ -243,10 +258,12 @@ class SharedRooms:
 
     # -- the transaction helper --------------------------------------------------------------------
     async def _txn(self, watch: list[str],
-                   body: Callable[[Any], Awaitable[tuple[T, Callable[[Any], None]]]]) -> T:
+                   body: Callable[[Any], Awaitable[tuple[T, Callable[[Any], None]]]],
+                   replies: list[Any] | None = None) -> T:
         """``WATCH`` ``watch``, run ``body(pipe)`` (it reads through ``pipe`` and returns the
         result and a function queuing the writes), then ``MULTI``/``EXEC``; retried when a
-        watched key changed meanwhile. A :class:`RoomError` from ``body`` writes nothing."""
+        watched key changed meanwhile. A :class:`RoomError` from ``body`` writes nothing.
+        ``replies``: filled with what the queued commands returned."""
         from redis.exceptions import WatchError
 
         async with self.r.pipeline(transaction=True) as pipe:
@@ -256,7 +273,9 @@ class SharedRooms:
                     result, writes = await body(pipe)
                     pipe.multi()
                     writes(pipe)
-                    await pipe.execute()
+                    out = await pipe.execute()
+                    if replies is not None:
+                        replies[:] = out
                     return result
                 except WatchError:
                     await pipe.reset()
@@ -356,6 +375,10 @@ class SharedRooms:
 
     async def _create(self, sid: str, meta: str, room_id: str | None = None,
                       host_claim: int | None = None, ticket: int = 0) -> Joined:
+        """The set of rooms is not watched (every create and close changes it: hundreds of
+        creates at once kept invalidating each other past MAX_RETRIES); ``rooms.max_rooms``
+        is kept by the count each create's own transaction reads right after adding its room,
+        in the order they commit: one that finds more than the limit takes its room back."""
         room = Room(id=room_id or ids.new_room_id(), capacity=self.capacity)
 
         async def body(pipe: Any):
@@ -388,13 +411,25 @@ class SharedRooms:
                 p.sadd(K_ROOMS, room.id)
                 p.hset(k_meta(room.id), peer.id, meta)
                 p.hset(k_sid(sid), room.id, peer.id)
+                p.scard(K_ROOMS)  # the count with it, as this create commits
             return Joined(room, peer, resumed=False, replaced_sid=None), writes
 
+        replies: list[Any] = []
         while True:
             try:
-                return await self._txn([K_ROOMS, k_sid(sid), k_room(room.id)], body)
+                joined = await self._txn([k_sid(sid), k_room(room.id)], body, replies)
+                break
             except _Retry:
                 continue
+        if replies[-1] > self.max_rooms:  # others got in first: take it back
+            async with self.r.pipeline(transaction=True) as p:
+                p.delete(k_room(room.id), k_meta(room.id), k_recv(room.id))
+                p.srem(K_ROOMS, room.id)
+                p.zrem(K_EMPTY, room.id)
+                p.hdel(k_sid(sid), room.id)
+                await p.execute()
+            raise RoomError("server_full", "this server holds as many rooms as it may")
+        return joined
 
     async def join(self, room_id: str, sid: str, meta: str = "", resume: str | None = None,
                    ticket: int | None = None, host_claim: int | None = None) -> Joined:

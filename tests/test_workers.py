@@ -479,3 +479,23 @@ async def test_redis_restart_reopens_the_printed_room(two_workers):
         await asyncio.sleep(0.5)
     assert isinstance(ack, dict) and ack.get("ok"), ack
     assert "redis-server exited" in srv.output()
+
+
+async def test_hundreds_of_commands_at_once_wait_for_a_connection(redis_url):
+    # more at once than redis-py's default pool holds (100): they queue for the shared
+    # store's bounded pool instead of failing with MaxConnectionsError
+    w0, w1 = stores(redis_url, max_rooms=1000)
+    rid = (await w0.create("s1")).room.id
+    results = await asyncio.gather(*(w1.member(rid, "s1") for _ in range(400)),
+                                   return_exceptions=True)
+    assert [r for r in results if isinstance(r, BaseException)] == []
+
+
+async def test_hundreds_of_creates_at_once_all_get_a_room(redis_url):
+    # a storm of creates (every room of a bench's 1000 clients set up at once) used to
+    # invalidate each other's transactions on the set of rooms past MAX_RETRIES
+    ws = stores(redis_url, n=2, max_rooms=1000)
+    results = await asyncio.gather(*(ws[i % 2].create(f"s{i}") for i in range(300)),
+                                   return_exceptions=True)
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert await ws[0].count() == 300
