@@ -29,10 +29,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import socketio
-
 from . import exitcodes, runtime
 from .config import Config
+from .redis_events import BatchedRedisManager
 from .relay_link import RelayLink
 from .room_tickets import RoomTickets
 from .signaling import IceProvider, Signaling, no_turn_ice
@@ -52,8 +51,8 @@ def make_signaling(cfg: Config, ice: IceProvider, redis_url: str | None,
         return Signaling(cfg, ice=ice, tickets=tickets)
     from .shared_rooms import SharedRooms
 
-    manager = PooledRedisManager(redis_url, channel=CHANNEL, json=runtime.json_module(),
-                                 logger=logging.getLogger("incognito_onion.socketio"))
+    manager = BatchedRedisManager(redis_url, channel=CHANNEL, json=runtime.json_module(),
+                                  logger=logging.getLogger("incognito_onion.socketio"))
     rooms = SharedRooms.from_url(
         redis_url, node=manager.host_id, capacity=cfg.rooms.capacity,
         max_rooms=cfg.rooms.max_rooms, per_connection=cfg.rooms.per_connection,
@@ -62,20 +61,6 @@ def make_signaling(cfg: Config, ice: IceProvider, redis_url: str | None,
     # the onion media relay's chunks to the receivers other workers hold
     sig.link = RelayLink(redis_url, manager.host_id, sig.relay_from_worker)
     return sig
-
-
-class PooledRedisManager(socketio.AsyncRedisManager):
-    """python-socketio's Redis manager on a blocking pool of connections. Its own client's
-    default pool raises past 100 commands at once; the manager then logs "Cannot publish to
-    redis... retrying", connects afresh and, if that fails too, drops the emit: a loaded
-    worker lost most of its messages so."""
-
-    def _redis_connect(self) -> None:
-        from .shared_rooms import redis_client
-
-        self.redis = redis_client(self.redis_url, decode=False)
-        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        self.connected = True
 
 
 def turn_spec(sup: Any, policy: str) -> dict[str, Any]:

@@ -499,3 +499,23 @@ async def test_hundreds_of_creates_at_once_all_get_a_room(redis_url):
                                    return_exceptions=True)
     assert [r for r in results if isinstance(r, BaseException)] == []
     assert await ws[0].count() == 300
+
+
+async def test_a_burst_of_messages_crosses_workers_in_order(two_workers):
+    # emits to the other worker leave in batches (redis_events): none lost, none reordered
+    srv = two_workers
+    spare: list[Peer] = []
+    a, pid_a = await _peer_on(srv, "a", None, spare)
+    b, _ = await _peer_on(srv, "b", pid_a, spare)
+    try:
+        rid = (await a.create())["room"]
+        await b.join(rid)
+        # no wait for acks: as fast as the socket takes them (within limits.event_burst)
+        for i in range(150):
+            await a.sio.emit("message", {"room": rid, "data": f"m{i:04d}"})
+        await b.next("message", room=rid, data="m0149", timeout=20)
+        got = [m["data"] for m in b.seen("message", room=rid)]
+        assert got == [f"m{i:04d}" for i in range(150)]
+    finally:
+        for p in (a, b, *spare):
+            await p.disconnect()
