@@ -211,6 +211,10 @@ class SharedRooms:
         # NODE_TTL seconds gets this worker's people removed by the others, so it must not
         # queue behind a busy worker's room commands
         self.beat_r = beat_redis if beat_redis is not None else redis
+        # called when redis turns out to have forgotten this worker (it restarted, or the
+        # others took this worker for dead and removed its people)
+        self.on_forgotten: Callable[[], None] | None = None
+        self._announced = False
         self.node = node
         self.capacity = capacity
         self.max_rooms = max_rooms
@@ -233,7 +237,11 @@ class SharedRooms:
         async with self.beat_r.pipeline(transaction=True) as p:
             p.set(k_node(self.node), "1", px=int(NODE_TTL * 1000))
             p.sadd(K_NODES, self.node)
-            await p.execute()
+            _, added = await p.execute()
+        if added and self._announced and self.on_forgotten is not None:
+            log.warning("redis had forgotten this worker (restarted, or took it for dead)")
+            self.on_forgotten()
+        self._announced = True
 
     async def _beat_loop(self) -> None:
         while True:

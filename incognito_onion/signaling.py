@@ -214,6 +214,9 @@ class _Conn:
     host: str  # the host name this browser reached us by (an onion, or 127.0.0.1)
     failed_joins: TokenBucket  # joins of unknown rooms: room ids must not be enumerable
     throttle: Throttle = field(default_factory=Throttle)
+    # several workers: room id -> its peer id there, as this connection's own create or join
+    # left it (Signaling._known_member)
+    rooms: dict[str, str] = field(default_factory=dict)
 
 
 class Signaling:
@@ -237,6 +240,8 @@ class Signaling:
         # workers: shared_rooms.SharedRooms, with client_manager an AsyncRedisManager)
         self.rooms = rooms if rooms is not None else LocalRooms(self.registry)
         self.shared = bool(getattr(self.rooms, "shared", False))
+        if self.shared:
+            self.rooms.on_forgotten = self.forget_known_members
         self.max_bytes: int = cfg.limits.max_payload_bytes
         self.media = {"uploadKbps": cfg.media.upload_kbps,
                       "minVideoKbps": cfg.media.min_video_kbps}
@@ -400,6 +405,7 @@ class Signaling:
     async def _create(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
         joined = await self.rooms.create(sid, f.get("meta", ""))
         await self.sio.enter_room(sid, joined.room.id)
+        self.conns[sid].rooms[joined.room.id] = joined.peer.id
         log.info("room created (%d open)", await self.rooms.count())
         return await self._welcome(sid, joined.room, joined.peer.id, joined.peer.resume)
 
@@ -430,6 +436,7 @@ class Signaling:
             if q is not None:  # acks owed by the old connection will never come
                 q.reset_flight()
         await self.sio.enter_room(sid, room.id)
+        conn.rooms[room.id] = peer.id
         await self.sio.emit("joined", {"room": room.id, "peer": peer.id, "meta": peer.meta,
                                        "resumed": joined.resumed},
                             room=room.id, skip_sid=sid)
@@ -459,19 +466,52 @@ class Signaling:
         log.info("a room came back after a server restart (%d open)", await self.rooms.count())
         return joined
 
+    def _known_member(self, sid: str, room_id: str) -> str | None:
+        """Several workers: the peer id ``sid`` has in ``room_id`` without asking redis, when
+        this process saw it create or join that room and socket.io still has it in the
+        room's local membership. Every way out of a room takes it out of that membership on
+        the process holding the connection (its own leave or disconnect; a host's removal or
+        a resume elsewhere, through the redis manager's leave_room), and when redis forgot
+        this process (redis restarted, or others took it for dead and removed its people:
+        :meth:`forget_known_members`) nothing is known any more. So only a broadcast to the
+        room saves its redis read this way."""
+        conn = self.conns.get(sid)
+        peer_id = conn.rooms.get(room_id) if conn is not None else None
+        if peer_id is None:
+            return None
+        if sid in self.sio.manager.rooms.get("/", {}).get(room_id, ()):
+            return peer_id
+        del conn.rooms[room_id]
+        return None
+
+    def forget_known_members(self) -> None:
+        """Redis lost what this process's connections are in (see :meth:`_known_member`)."""
+        for conn in self.conns.values():
+            conn.rooms.clear()
+
+    async def _sender(self, sid: str, room_id: str) -> str:
+        """The peer id ``sid`` sends as in ``room_id`` (``not_in_room`` if it is not there)."""
+        if self.shared:
+            known = self._known_member(sid, room_id)
+            if known is not None:
+                return known
+        _room, peer = await self.rooms.member(room_id, sid)
+        return peer.id
+
     # the relayed events go to the client manager directly: AsyncServer.emit adds only a debug
     # log line and a call, per message of every call
     async def _message(self, sid: str, ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        room, peer = await self.rooms.member(f["room"], sid)
-        await self.sio.manager.emit(ev, {"room": room.id, "from": peer.id, "data": f["data"]},
-                                    "/", room=room.id, skip_sid=sid)
+        rid = f["room"]
+        sender = await self._sender(sid, rid)
+        await self.sio.manager.emit(ev, {"room": rid, "from": sender, "data": f["data"]},
+                                    "/", room=rid, skip_sid=sid)
         return {}
 
     async def _share(self, sid: str, ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        room, peer = await self.rooms.member(f["room"], sid)
-        await self.sio.manager.emit(ev, {"room": room.id, "from": peer.id,
-                                         "data": f.get("data")},
-                                    "/", room=room.id, skip_sid=sid)
+        rid = f["room"]
+        sender = await self._sender(sid, rid)
+        await self.sio.manager.emit(ev, {"room": rid, "from": sender, "data": f.get("data")},
+                                    "/", room=rid, skip_sid=sid)
         return {}
 
     async def _connection(self, sid: str, ev: str, f: dict[str, Any]) -> dict[str, Any]:

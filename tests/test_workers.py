@@ -23,6 +23,7 @@ import secrets
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psutil
@@ -460,9 +461,23 @@ async def test_long_state_dir_puts_the_socket_in_a_private_temp_dir(tmp_path):
 @pytest.mark.faults
 async def test_redis_restart_reopens_the_printed_room(two_workers):
     srv = two_workers
+    a = await Peer(srv.base, "a").connect()
+    rid = (await a.create())["room"]
+    assert await a.call("message", {"room": rid, "data": "before"}) == {"ok": True}
     redis = next(p for p in psutil.Process(srv.pid).children(recursive=True)
                  if "redis-server" in p.name())
     redis.kill()
+    # the room is gone with redis: once redis is back, its member is told so (its worker
+    # stops trusting what it knew of its connections' rooms: Signaling._known_member)
+    deadline = time.monotonic() + 20
+    ack: Any = None
+    while time.monotonic() < deadline:
+        ack = await a.call("message", {"room": rid, "data": "after"})
+        if ack.get("error", {}).get("code") == "not_in_room":
+            break
+        await asyncio.sleep(0.2)
+    assert ack["error"]["code"] == "not_in_room", ack
+    await a.disconnect()
     deadline = time.monotonic() + 20
     ack = None
     while time.monotonic() < deadline:  # restarted, the room `up` printed opened again
@@ -516,6 +531,28 @@ async def test_a_burst_of_messages_crosses_workers_in_order(two_workers):
         await b.next("message", room=rid, data="m0149", timeout=20)
         got = [m["data"] for m in b.seen("message", room=rid)]
         assert got == [f"m{i:04d}" for i in range(150)]
+    finally:
+        for p in (a, b, *spare):
+            await p.disconnect()
+
+
+async def test_a_removed_peer_s_messages_stop_at_once_across_workers(two_workers):
+    # a worker relays a broadcast of a connection it saw join without reading redis again
+    # (Signaling._known_member): a host's removal on the other worker must end that
+    srv = two_workers
+    spare: list[Peer] = []
+    a, pid_a = await _peer_on(srv, "a", None, spare)
+    b, _ = await _peer_on(srv, "b", pid_a, spare)
+    try:
+        made = await a.create()
+        rid = made["room"]
+        bid = (await b.join(rid))["peer"]
+        assert await b.call("message", {"room": rid, "data": "before"}) == {"ok": True}
+        assert (await a.next("message", room=rid, data="before"))["from"] == bid
+        assert await a.call("remove", {"room": rid, "peer": bid}) == {"ok": True}
+        await b.next("removed", room=rid)
+        ack = await b.call("message", {"room": rid, "data": "after"})
+        assert ack["error"]["code"] == "not_in_room"  # refused, so never relayed
     finally:
         for p in (a, b, *spare):
             await p.disconnect()
