@@ -18,7 +18,6 @@ import pytest
 
 from incognito_onion import relay_link
 from incognito_onion.media_relay import Chunk
-from incognito_onion.redis_supervisor import RedisSupervisor
 from incognito_onion.relay_link import RelayLink, decode, encode
 
 ROOM = "R" * 22
@@ -58,18 +57,6 @@ async def wait_for(cond, timeout: float = 10.0, what: str = "condition"):
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def redis_sup(tmp_path):
-    (tmp_path / "state").mkdir(mode=0o700)
-    sup = RedisSupervisor("redis-server", tmp_path / "state")
-    await sup.start()
-    try:
-        yield sup
-    finally:
-        await sup.stop()
-        assert sup.pid is None
 
 
 @pytest.fixture

@@ -516,43 +516,39 @@ async def test_hundreds_of_creates_at_once_all_get_a_room(redis_url):
     assert await ws[0].count() == 300
 
 
-async def test_a_burst_of_messages_crosses_workers_in_order(two_workers):
-    # emits to the other worker leave in batches (redis_events): none lost, none reordered
-    srv = two_workers
+@contextlib.asynccontextmanager
+async def _across(srv):
+    """Peers ``a`` (host) and ``b`` in one room, held by different server processes; yields
+    (a, b, room id, b's peer id)."""
     spare: list[Peer] = []
     a, pid_a = await _peer_on(srv, "a", None, spare)
     b, _ = await _peer_on(srv, "b", pid_a, spare)
     try:
         rid = (await a.create())["room"]
-        await b.join(rid)
+        yield a, b, rid, (await b.join(rid))["peer"]
+    finally:
+        for p in (a, b, *spare):
+            await p.disconnect()
+
+
+async def test_a_burst_of_messages_crosses_workers_in_order(two_workers):
+    # emits to the other worker leave in batches (redis_events): none lost, none reordered
+    async with _across(two_workers) as (a, b, rid, _bid):
         # no wait for acks: as fast as the socket takes them (within limits.event_burst)
         for i in range(150):
             await a.sio.emit("message", {"room": rid, "data": f"m{i:04d}"})
         await b.next("message", room=rid, data="m0149", timeout=20)
         got = [m["data"] for m in b.seen("message", room=rid)]
         assert got == [f"m{i:04d}" for i in range(150)]
-    finally:
-        for p in (a, b, *spare):
-            await p.disconnect()
 
 
 async def test_a_removed_peer_s_messages_stop_at_once_across_workers(two_workers):
     # a worker relays a broadcast of a connection it saw join without reading redis again
     # (Signaling._known_member): a host's removal on the other worker must end that
-    srv = two_workers
-    spare: list[Peer] = []
-    a, pid_a = await _peer_on(srv, "a", None, spare)
-    b, _ = await _peer_on(srv, "b", pid_a, spare)
-    try:
-        made = await a.create()
-        rid = made["room"]
-        bid = (await b.join(rid))["peer"]
+    async with _across(two_workers) as (a, b, rid, bid):
         assert await b.call("message", {"room": rid, "data": "before"}) == {"ok": True}
         assert (await a.next("message", room=rid, data="before"))["from"] == bid
         assert await a.call("remove", {"room": rid, "peer": bid}) == {"ok": True}
         await b.next("removed", room=rid)
         ack = await b.call("message", {"room": rid, "data": "after"})
         assert ack["error"]["code"] == "not_in_room"  # refused, so never relayed
-    finally:
-        for p in (a, b, *spare):
-            await p.disconnect()
