@@ -227,9 +227,9 @@ class RoomRelay:
         """``peer`` no longer receives (its own chunks still go to the others)."""
         return self.receivers.pop(peer, None) is not None
 
-    def restricted(self) -> dict[str, list[str]]:
-        """The receivers that want only some senders, and which (for ``media/receivers``)."""
-        return {p: sorted(q.only) for p, q in self.receivers.items() if q.only is not None}
+    def wants(self) -> dict[str, frozenset[str] | None]:
+        """Each receiver -> the senders it wants (None: all), for ``media/receivers``."""
+        return {p: q.only for p, q in self.receivers.items()}
 
     def remove_peer(self, peer: str) -> bool:
         """A peer left (or stopped receiving): returns True if it was a receiver."""

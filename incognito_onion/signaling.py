@@ -584,7 +584,7 @@ class Signaling:
             return {p: only for p, (_node, only) in
                     (await self.rooms.relay_receivers(room_id)).items()}
         relay = self.relays.get(room_id)
-        return {p: q.only for p, q in relay.receivers.items()} if relay else {}
+        return relay.wants() if relay else {}
 
     async def _announce_receivers(self, room_id: str) -> None:
         await self.sio.emit("media/receivers", await self._receivers_note(room_id),

@@ -172,14 +172,14 @@ def test_a_receiver_can_want_only_some_senders():
     relay.add_receiver("W", only=frozenset({"T"}))  # a WebRTC peer: only T
     assert relay.route(ch("a", 0, key=True, sender="S")).receivers == ["T"]
     assert relay.route(ch("a", 0, key=True, sender="T")).receivers == ["W"]
-    assert relay.restricted() == {"W": ["T"]}
+    assert relay.wants() == {"T": None, "W": frozenset({"T"})}
     # wanting someone else now: what waits from T is dropped, nothing more comes from T
     relay.add_receiver("W", only=frozenset({"X"}))
     assert not relay.receivers["W"].queue
     assert relay.route(ch("a", 1, sender="T")).receivers == []
     assert relay.route(ch("a", 0, key=True, sender="X")).receivers == ["T", "W"]
     relay.add_receiver("W")  # everyone
-    assert relay.restricted() == {}
+    assert relay.wants() == {"T": None, "W": None}
     assert relay.targets("S") == ["T", "W"]
 
 
