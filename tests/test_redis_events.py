@@ -9,18 +9,10 @@ import asyncio
 import json
 import os
 import signal
-import time
 
 from incognito_onion.redis_events import BatchedRedisManager
 from incognito_onion.shared_rooms import redis_client
-
-
-async def wait_for(cond, timeout: float = 10.0, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+from tests.support.server import until
 
 
 async def listen(url: str, channel: str, got: list[dict]) -> asyncio.Task:
@@ -49,7 +41,7 @@ async def test_emits_leave_in_batches_in_order(redis_url):
     try:
         for i in range(500):  # what one turn of a busy worker's loop may emit
             await mgr._publish({"method": "emit", "event": "message", "data": [i]})
-        await wait_for(lambda: len(got) >= 500, what="500 messages")
+        await until(lambda: len(got) >= 500, what="500 messages")
         assert [m["data"] for m in got] == [[i] for i in range(500)]
         assert 1 <= mgr.batches < 500, mgr.batches  # fewer round trips than messages
     finally:
@@ -61,17 +53,17 @@ async def test_with_redis_down_emits_are_dropped_and_publishing_comes_back(redis
     got: list[dict] = []
     mgr = BatchedRedisManager(redis_sup.url, channel="io-test")
     await mgr._publish({"n": 0})
-    await wait_for(lambda: mgr.batches == 1, what="the first batch")
+    await until(lambda: mgr.batches == 1, what="the first batch")
     old = redis_sup.pid
     os.kill(old, signal.SIGKILL)
     await mgr._publish({"n": 1})  # never raises: the flusher tries, and drops
-    await wait_for(lambda: "events to other workers dropped" in caplog.text, what="the warning")
-    await wait_for(lambda: redis_sup.restarts == 1 and redis_sup.pid not in (None, old),
+    await until(lambda: "events to other workers dropped" in caplog.text, what="the warning")
+    await until(lambda: redis_sup.restarts == 1 and redis_sup.pid not in (None, old),
                    what="redis-server restarted by its supervisor")
     reader = await listen(redis_sup.url, "io-test", got)
     try:
         await mgr._publish({"n": 2})
-        await wait_for(lambda: got, what="a message after the restart")
+        await until(lambda: got, what="a message after the restart")
         assert got == [{"n": 2}]
     finally:
         reader.cancel()

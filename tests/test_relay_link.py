@@ -9,16 +9,15 @@ itself.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import time
 
 import pytest
 
 from incognito_onion import relay_link
 from incognito_onion.media_relay import Chunk
 from incognito_onion.relay_link import RelayLink, decode, encode
+from tests.support.server import until
 
 ROOM = "R" * 22
 
@@ -51,14 +50,6 @@ def test_anything_else_on_the_channel_is_a_value_error(raw):
         decode(raw)
 
 
-async def wait_for(cond, timeout: float = 10.0, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 async def links(redis_sup):
     got: dict[str, list[tuple[str, Chunk]]] = {"w0": [], "w1": []}
@@ -70,7 +61,7 @@ async def links(redis_sup):
         await link.start()
         made.append(link)
     try:
-        await wait_for(lambda: all(link.subscriptions == 1 for link in made),
+        await until(lambda: all(link.subscriptions == 1 for link in made),
                        what="both links subscribed")
         yield made, got
     finally:
@@ -82,7 +73,7 @@ async def test_chunks_reach_the_named_workers_only_in_order(links):
     (w0, w1), got = links
     for i in range(50):
         await w0.publish(["w1", "w0"], ROOM, chunk(i, key=i == 0))  # never to itself
-    await wait_for(lambda: len(got["w1"]) >= 50, what="50 chunks on w1")
+    await until(lambda: len(got["w1"]) >= 50, what="50 chunks on w1")
     assert [c.seq for _, c in got["w1"]] == list(range(50))
     assert got["w1"][3] == (ROOM, chunk(3))
     assert got["w0"] == [] and w0.published == 50 and w1.received == 50
@@ -92,7 +83,7 @@ async def test_a_malformed_message_is_dropped_and_the_link_goes_on(links, caplog
     (w0, w1), got = links
     await w0._r.publish(relay_link.channel("w1"), b"\xff garbage")
     await w0.publish(["w1"], ROOM, chunk(1))
-    await wait_for(lambda: got["w1"], what="the chunk after the garbage")
+    await until(lambda: got["w1"], what="the chunk after the garbage")
     assert got["w1"] == [(ROOM, chunk(1))]
     assert "malformed media message" in caplog.text
 
@@ -101,13 +92,13 @@ async def test_the_link_comes_back_by_itself_after_redis_restarts(links, redis_s
     (w0, w1), got = links
     old = redis_sup.pid
     os.kill(old, signal.SIGKILL)
-    await wait_for(lambda: redis_sup.restarts == 1 and redis_sup.pid not in (None, old),
+    await until(lambda: redis_sup.restarts == 1 and redis_sup.pid not in (None, old),
                    what="redis-server restarted by its supervisor")
     # meanwhile chunks are dropped, never raised
     await w0.publish(["w1"], ROOM, chunk(1))
-    await wait_for(lambda: w1.subscriptions == 2, timeout=5 * relay_link.RETRY_SECONDS + 10,
+    await until(lambda: w1.subscriptions == 2, timeout=5 * relay_link.RETRY_SECONDS + 10,
                    what="the link subscribed again")
     got["w1"].clear()
     await w0.publish(["w1"], ROOM, chunk(2))
-    await wait_for(lambda: got["w1"], what="a chunk after the restart")
+    await until(lambda: got["w1"], what="a chunk after the restart")
     assert got["w1"] == [(ROOM, chunk(2))]

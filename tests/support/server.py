@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -622,3 +622,15 @@ def worker_of(srv: LiveServer, client_port: int) -> int:
             if c.laddr.port == srv.port and c.raddr and c.raddr.port == client_port:
                 return proc.pid
     raise AssertionError(f"no server process holds the connection from port {client_port}")
+
+
+async def until(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
+    """Waits until ``cond()`` is true, checking every 20 ms; fails naming ``what`` after
+    ``timeout`` seconds."""
+    import asyncio
+
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
