@@ -54,11 +54,15 @@ def find_binary(name: str) -> str:
 
 
 def argv(binary: str, socket_path: Path, data_dir: Path) -> list[str]:
-    """redis-server's command line: a unix socket only, nothing persisted, quiet."""
+    """redis-server's command line: a unix socket only, nothing persisted, quiet; a
+    subscriber (a worker reading the others' events) may fall 256 MB behind before redis cuts
+    it off (the default, 32 MB, cut off a worker seconds behind under load, and every event
+    waiting for it was lost)."""
     return [binary, "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
             "--dir", str(data_dir), "--save", "", "--appendonly", "no", "--daemonize", "no",
             "--supervised", "no", "--databases", "1", "--loglevel", "warning", "--logfile", "",
-            "--pidfile", "", "--protected-mode", "yes"]
+            "--pidfile", "", "--protected-mode", "yes",
+            "--client-output-buffer-limit", "pubsub 256mb 128mb 60"]
 
 
 class RedisSupervisor:

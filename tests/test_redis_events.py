@@ -9,6 +9,9 @@ import asyncio
 import json
 import os
 import signal
+import time
+
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from incognito_onion.redis_events import BatchedRedisManager
 from incognito_onion.shared_rooms import redis_client
@@ -68,3 +71,30 @@ async def test_with_redis_down_emits_are_dropped_and_publishing_comes_back(redis
     finally:
         reader.cancel()
         await mgr.redis.aclose()
+
+
+async def test_a_worker_tens_of_megabytes_behind_is_not_cut_off(redis_url):
+    # redis's default cuts a subscriber off past 32 MB waiting for it (and everything in it
+    # is lost): a worker seconds behind under load lost its link to the others so. Our
+    # redis-server gives it 256 MB.
+    sub = redis_client(redis_url, decode=False)
+    pubsub = sub.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe("lagging")
+    pub = redis_client(redis_url, decode=False)
+    try:
+        block = b"x" * 65536
+        for _ in range(640):  # 40 MB that the subscriber does not read yet
+            await pub.publish("lagging", block)
+        got = 0
+        end = time.monotonic() + 20
+        while got < 640 and time.monotonic() < end:
+            try:
+                msg = await pubsub.get_message(timeout=1)
+            except RedisConnectionError as exc:  # redis closed the link
+                raise AssertionError(f"the link was cut off after {got} messages") from exc
+            got += msg is not None  # (None: nothing yet, or the subscription's own reply)
+        assert got == 640
+    finally:
+        await pubsub.aclose()
+        await sub.aclose()
+        await pub.aclose()
