@@ -225,6 +225,7 @@ class Recorder:
             await self._session.close()
 
     async def _handle(self, request: Any) -> Any:
+        import aiohttp
         from aiohttp import WSMsgType, web
 
         url = self.upstream + request.rel_url.path_qs
@@ -235,9 +236,15 @@ class Recorder:
             await ws.prepare(request)
             pair = _WsPair(ws)
             self._pairs.append(pair)
-            async with self._session.ws_connect(url.replace("http", "ws", 1),
-                                                headers=headers) as up:
-                pair.upstream_port = up.get_extra_info("sockname")[1]
+            # each WebSocket from a local port of its own choosing: with several server
+            # processes the kernel picks one by the connection's ports, and a port the
+            # kernel hands out again after a close lands on the same process again
+            port = free_port()
+            async with aiohttp.ClientSession(
+                    auto_decompress=False,
+                    connector=aiohttp.TCPConnector(local_addr=("127.0.0.1", port))) as session, \
+                    session.ws_connect(url.replace("http", "ws", 1), headers=headers) as up:
+                pair.upstream_port = port
                 async def pump(src: Any, dst: Any, tag: str) -> None:
                     with contextlib.suppress(Exception):
                         async for msg in src:
