@@ -24,6 +24,7 @@ from typing import Any
 
 from . import exitcodes
 from .child_process import pdeathsig_prefix
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("incognito_onion.redis")
 
@@ -192,11 +193,8 @@ class RedisSupervisor:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        await cancel_and_wait(self._watcher)
+        self._watcher = None
         await self._kill()
         if self.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):

@@ -25,6 +25,8 @@ from typing import Any
 
 from .limits import Throttle
 from .media_relay import STREAMS, Chunk
+from .shared_rooms import redis_client
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("incognito_onion.relay_link")
 
@@ -79,17 +81,12 @@ class RelayLink:
         self.subscriptions = 0  # how many times it (re)subscribed: 1 once started
 
     async def start(self) -> None:
-        from .shared_rooms import redis_client
-
         self._r = redis_client(self.url, decode=False)  # bytes: chunks are binary
         self._task = asyncio.create_task(self._read_loop())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._r is not None:
             with contextlib.suppress(Exception):
                 await self._r.aclose()

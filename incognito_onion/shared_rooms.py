@@ -69,6 +69,7 @@ from .rooms import (
     require_host,
     target,
 )
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("incognito_onion.shared_rooms")
 
@@ -255,11 +256,8 @@ class SharedRooms:
     async def close(self, forget: bool = True) -> None:
         """Stop the heartbeat; ``forget`` drops the liveness key so the others reap this
         worker's peers at their next sweep instead of after :data:`NODE_TTL`."""
-        if self._beat is not None:
-            self._beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beat
-            self._beat = None
+        await cancel_and_wait(self._beat)
+        self._beat = None
         if forget:
             with contextlib.suppress(Exception):
                 await self.r.delete(k_node(self.node))

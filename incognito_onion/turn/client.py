@@ -20,6 +20,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..tasks import cancel_and_wait
+
 MAGIC = 0x2112A442
 ALLOCATE, REFRESH, SEND, DATA, CREATE_PERMISSION = 0x003, 0x004, 0x006, 0x007, 0x008
 REQUEST, INDICATION, SUCCESS, ERROR = 0x0000, 0x0010, 0x0100, 0x0110
@@ -150,11 +152,8 @@ class TurnClient:
         self._task = asyncio.create_task(self._read_loop())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(OSError, TimeoutError, ssl_mod.SSLError):

@@ -58,6 +58,7 @@ from typing import Any
 
 from ..child_process import pdeathsig_prefix
 from ..state import StateDirError, ensure_state_dir, read_private, write_private
+from ..tasks import cancel_and_wait
 from . import credentials
 from .client import TurnClientError, probe
 from .render import Paths, RenderError, render
@@ -357,10 +358,7 @@ class CoturnSupervisor:
         """Stop coturn (SIGTERM, then SIGKILL) and the watcher; remove the config file."""
         self._stopping = True
         watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+        await cancel_and_wait(watcher)
         had = self._proc is not None
         await self._kill_child()
         with contextlib.suppress(FileNotFoundError):
