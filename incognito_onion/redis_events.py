@@ -1,16 +1,16 @@
 """socket.io events between worker processes (``server.workers`` above 1): python-socketio's
-``AsyncRedisManager``, made to hold up under load.
+``AsyncRedisManager``, made to hold up under load and to cost little per event.
 
-- **A bounded, blocking pool of connections.** The library's client uses redis-py's default
-  pool, which raises past 100 commands at once; the manager then logs "Cannot publish to
-  redis... retrying", connects afresh and, if that fails too, drops the emit. A worker under
-  1000 clients x 4 msg/s lost most of its messages so.
-- **Publishes leave in batches.** The library awaits one ``PUBLISH`` round trip per emit,
-  inside the handler of the event that caused it (so the next event of that connection waits
-  for redis). Here an emit queues its message and returns; one flusher sends whatever queued
-  meanwhile in one pipeline, in order. At light load a batch is one message; under load the
-  cost per message falls as batches grow. A batch that cannot be sent twice is dropped with a
-  warning (the library's behaviour per message).
+- **Its own connections to redis** (:mod:`redis_wire`). The library awaits one ``PUBLISH``
+  round trip per emit through redis-py, inside the handler of the event that caused it, and
+  reads through ``PubSub.listen``. Here an emit's message is queued and everything queued in
+  one turn of the loop leaves in one write, in order; the subscriber hands each message over
+  as it is read. A publish while redis is away is dropped with a warning (the library's
+  behaviour, after its retry), never raised.
+- **A worker does not read back its own events.** Every worker subscribes to the one channel,
+  so redis sends each event to its sender too, where the library decoded it only to find its
+  own ``host_id`` and skip it: half of what each of two workers decoded. Each message here
+  starts with its sender's id (32 hex characters) and a worker skips its own before decoding.
 - **Local deliveries the one-process way.** What the manager delivers to this process's own
   connections (its own emits, and the other workers' it reads from redis) goes through
   :class:`~incognito_onion.fastpath.FastManager` (next in the MRO).
@@ -19,52 +19,91 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import Any
 
 import socketio
 
 from .fastpath import FastManager
-from .shared_rooms import redis_client
+from .limits import Throttle
+from .redis_wire import Publisher, Subscriber
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("incognito_onion.redis_events")
 
+ID_LENGTH = 32  # uuid4().hex, the library's host_id
+
 
 class BatchedRedisManager(socketio.AsyncRedisManager, FastManager):
-    """See the module docstring."""
+    """See the module docstring. :meth:`start` subscribes (the server's startup calls it, so
+    a worker hears the others before its first connection); else the first connection does."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._outbox: list[bytes] = []
-        self._flusher: asyncio.Task | None = None
-        self.batches = 0  # how many pipelines went out (for tests and benchmarks)
+        self._own = self.host_id.encode()
+        assert len(self._own) == ID_LENGTH
+        self.publisher = Publisher(self.redis_url)
+        self.subscriber = Subscriber(self.redis_url, [self.channel], self._received)
+        self._inbox: collections.deque[bytes] = collections.deque()
+        self._wake = asyncio.Event()
+        self._started: asyncio.Task | None = None
+        self._bad = Throttle(60.0)
 
-    def _redis_connect(self) -> None:
-        self.redis = redis_client(self.redis_url, decode=False)
-        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        self.connected = True
+    async def start(self) -> None:
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        await self.publisher.start()
+        await self.subscriber.start()
+
+    async def close(self) -> None:
+        await cancel_and_wait(getattr(self, "thread", None))
+        await self.subscriber.close()
+        await self.publisher.close()
 
     async def _publish(self, data: Any) -> None:
         message = self.json.dumps(data)
-        self._outbox.append(message.encode() if isinstance(message, str) else message)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush())
+        self.publisher.publish(self.channel, self._own + (
+            message.encode() if isinstance(message, str) else message))
 
-    async def _flush(self) -> None:
-        while self._outbox:
-            batch, self._outbox = self._outbox, []
-            for attempt in range(2):
+    def _received(self, _channel: bytes, payload: bytes) -> None:
+        if payload.startswith(self._own):
+            return  # this worker's own event: delivered here when it was emitted
+        self._inbox.append(payload)
+        self._wake.set()
+
+    async def _thread(self) -> None:
+        """The library's listening task, reading this manager's inbox: the same dispatch by
+        ``method``, without its per-message debug line."""
+        await self.start()
+        inbox = self._inbox
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while inbox:
+                raw = inbox.popleft()
                 try:
-                    if not self.connected:
-                        self._redis_connect()
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for message in batch:
-                            pipe.publish(self.channel, message)
-                        await pipe.execute()
-                    self.batches += 1
-                    break
-                except Exception as exc:
-                    self.connected = False
-                    if attempt:
-                        log.warning("%d events to other workers dropped: redis did not take "
-                                    "them (%s)", len(batch), type(exc).__name__)
+                    data = self.json.loads(raw[ID_LENGTH:])
+                    method = data["method"]
+                except Exception:
+                    if self._bad.ready():
+                        log.warning("a malformed event from another worker was dropped")
+                    continue
+                try:
+                    if method == "emit":
+                        await self._handle_emit(data)
+                    elif method == "callback":
+                        await self._handle_callback(data)
+                    elif method == "disconnect":
+                        await self._handle_disconnect(data)
+                    elif method == "enter_room":
+                        await self._handle_enter_room(data)
+                    elif method == "leave_room":
+                        await self._handle_leave_room(data)
+                    elif method == "close_room":
+                        await self._handle_close_room(data)
+                except Exception:
+                    log.exception("error while handling an event from another worker")

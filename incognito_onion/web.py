@@ -131,6 +131,9 @@ def _sweeper(signaling: Signaling, every: float | None = None):
                     log.warning("room upkeep failed (%s)", type(exc).__name__)
 
         await rooms.start()
+        manager = signaling.sio.manager
+        if hasattr(manager, "start"):  # several workers: hear the others before any client
+            await manager.start()
         if signaling.link is not None:
             await signaling.link.start()
         task = asyncio.create_task(loop())
@@ -141,12 +144,8 @@ def _sweeper(signaling: Signaling, every: float | None = None):
         if signaling.link is not None:
             await signaling.link.close()
         await rooms.close()
-        # several workers: stop listening to redis before up stops it
-        listener = getattr(signaling.sio.manager, "thread", None)
-        if isinstance(listener, asyncio.Future):
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await listener
+        if hasattr(manager, "close"):  # stop listening to redis before up stops it
+            await manager.close()
 
     return ctx
 

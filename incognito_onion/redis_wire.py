@@ -1,0 +1,229 @@
+"""Redis pub/sub for the workers' hot path, on plain asyncio connections.
+
+Every event a worker relays to another worker is one ``PUBLISH`` on one side and one pub/sub
+message on the other. Through redis-py each cost tens of microseconds of Python (a pipeline,
+its pool, its response objects, ``PubSub.listen``'s generators): with two workers at 1000
+clients x 1 msg/s that was a fifth of each worker's CPU (bench/README.md, twelfth session).
+Here a :class:`Publisher` writes the commands' bytes itself, those of one turn of the loop in
+one write, and reads the integer replies only to throw them away; a :class:`Subscriber` feeds
+what it reads to hiredis's parser and hands each message to a callback, synchronously. Both
+connect to the same private redis-server as everything else (``unix://`` or ``redis://``).
+
+Pub/sub is at most once anyway, so neither waits for redis: a publish while redis is away is
+dropped (counted, and said in a warning at most once a minute), and a subscriber that lost
+its connection subscribes again by itself. Nothing here raises into the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import urlparse
+
+import hiredis
+
+from .limits import Throttle
+from .tasks import cancel_and_wait
+
+log = logging.getLogger("incognito_onion.redis_wire")
+
+RETRY_SECONDS = 0.5  # between attempts to connect again after redis went away
+CONNECT_TIMEOUT = 5.0
+
+
+def command(*args: bytes | str) -> bytes:
+    """One command in RESP, the protocol's request form (an array of bulk strings)."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a.encode() if isinstance(a, str) else a
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+async def open_connection(url: str, protocol: asyncio.Protocol) -> asyncio.Transport:
+    """Connects ``protocol`` to the redis-server of ``url`` (``unix:///path``,
+    ``redis://host:port``); ``OSError`` when it cannot."""
+    loop = asyncio.get_running_loop()
+    parts = urlparse(url)
+    if parts.scheme == "unix":
+        connect = loop.create_unix_connection(lambda: protocol, parts.path)
+    elif parts.scheme == "redis":
+        connect = loop.create_connection(lambda: protocol, parts.hostname or "127.0.0.1",
+                                         parts.port or 6379)
+    else:
+        raise ValueError(f"unsupported redis url scheme: {parts.scheme!r}")
+    try:
+        transport, _ = await asyncio.wait_for(connect, CONNECT_TIMEOUT)
+    except TimeoutError:
+        raise OSError("redis did not accept a connection in time") from None
+    return transport  # type: ignore[return-value]
+
+
+class _Replies(asyncio.Protocol):
+    """A connection whose replies go through hiredis, each one to ``on_reply``."""
+
+    def __init__(self, on_reply: Callable[[Any], None], on_lost: Callable[[], None]) -> None:
+        self.reader = hiredis.Reader()
+        self.on_reply = on_reply
+        self.on_lost = on_lost
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            self.on_reply(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.on_lost()
+
+
+class Publisher:
+    """``publish(channel, payload)`` queues; everything queued in one turn of the loop leaves
+    in one write, in order. Call :meth:`start` first (or not: the first publish connects)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._transport: asyncio.Transport | None = None
+        self._connecting: asyncio.Task | None = None
+        self._outbox: list[bytes] = []
+        self._scheduled = False
+        self._closed = False
+        self._warned = Throttle(60.0)
+        self.writes = 0  # how many writes carried commands (for tests and benchmarks)
+        self.published = 0
+        self.dropped = 0
+        self.errors = 0  # error replies (none expected: only PUBLISH is sent)
+
+    async def start(self) -> None:
+        await self._connect()
+
+    async def _connect(self) -> None:
+        protocol = _Replies(self._reply, self._lost)
+        try:
+            self._transport = await open_connection(self.url, protocol)
+        except OSError as exc:
+            self._drop(f"redis did not answer ({exc.strerror or exc})")
+            return
+        self._flush()
+
+    def _reply(self, reply: Any) -> None:
+        if isinstance(reply, hiredis.ReplyError):
+            self.errors += 1
+            if self._warned.ready():
+                log.warning("redis refused a publish to the other workers: %s", reply)
+
+    def _lost(self) -> None:
+        self._transport = None
+
+    def publish(self, channel: bytes | str, payload: bytes) -> None:
+        if self._closed:
+            return
+        self._outbox.append(command(b"PUBLISH", channel, payload))
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self._outbox or self._closed:
+            return
+        t = self._transport
+        if t is None or t.is_closing():
+            if self._connecting is None or self._connecting.done():
+                self._connecting = asyncio.ensure_future(self._connect())
+            return  # _connect flushes, or drops what waited
+        batch, self._outbox = self._outbox, []
+        t.write(batch[0] if len(batch) == 1 else b"".join(batch))
+        self.writes += 1
+        self.published += len(batch)
+
+    def _drop(self, why: str) -> None:
+        n = len(self._outbox)
+        self._outbox.clear()
+        self.dropped += n
+        if n and self._warned.ready():
+            log.warning("%d events to other workers dropped: %s", n, why)
+
+    async def close(self) -> None:
+        self._closed = True
+        await cancel_and_wait(self._connecting)
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+class Subscriber:
+    """Subscribed to ``channels``; each message's payload handed to ``on_message(channel,
+    payload)`` as it is read, in order. Subscribes again after redis went away (what was
+    published meanwhile is lost: pub/sub keeps nothing)."""
+
+    def __init__(self, url: str, channels: Iterable[bytes | str],
+                 on_message: Callable[[bytes, bytes], None]) -> None:
+        self.url = url
+        self.channels = [c.encode() if isinstance(c, str) else c for c in channels]
+        self.on_message = on_message
+        self._task: asyncio.Task | None = None
+        self._transport: asyncio.Transport | None = None
+        self._subscribed: asyncio.Event | None = None
+        self._warned = Throttle(60.0)
+        self.subscriptions = 0  # how many times it (re)subscribed: 1 once started
+        self.received = 0
+
+    async def start(self) -> None:
+        """Returns once subscribed (or after ``CONNECT_TIMEOUT`` without redis: it goes on
+        trying in the background)."""
+        first = asyncio.Event()
+        self._task = asyncio.create_task(self._run(first))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(first.wait(), CONNECT_TIMEOUT)
+
+    async def _run(self, first: asyncio.Event) -> None:
+        while True:
+            try:
+                await self._session(first)
+            except OSError as exc:
+                if self._warned.ready():
+                    log.warning("cannot listen to the other workers (%s); trying again",
+                                exc.strerror or exc)
+            finally:
+                if self._transport is not None:
+                    self._transport.close()
+                    self._transport = None
+            await asyncio.sleep(RETRY_SECONDS)
+
+    async def _session(self, first: asyncio.Event) -> None:
+        """One connection: subscribe, then read until redis goes away."""
+        lost = asyncio.Event()
+        subscribed = self._subscribed = asyncio.Event()
+
+        def on_lost() -> None:
+            lost.set()
+            subscribed.set()  # no confirmation will come
+
+        self._transport = await open_connection(self.url, _Replies(self._reply, on_lost))
+        self._transport.write(command(b"SUBSCRIBE", *self.channels))
+        await subscribed.wait()
+        if not lost.is_set():
+            self.subscriptions += 1
+            first.set()
+            await lost.wait()
+
+    def _reply(self, reply: Any) -> None:
+        if type(reply) is list and len(reply) == 3:
+            kind = reply[0]
+            if kind == b"message":
+                self.received += 1
+                try:
+                    self.on_message(reply[1], reply[2])
+                except Exception:  # one bad message must not stop the others
+                    log.exception("error while handling a message from another worker")
+                return
+            if kind == b"subscribe" and reply[2] == len(self.channels):
+                assert self._subscribed is not None
+                self._subscribed.set()
+
+    async def close(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
