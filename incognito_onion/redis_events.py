@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from typing import Any
 
@@ -27,7 +26,7 @@ import socketio
 
 from .fastpath import FastManager
 from .limits import Throttle
-from .redis_wire import Publisher, Subscriber
+from .redis_wire import Inbox, Publisher, Subscriber
 from .tasks import cancel_and_wait
 
 log = logging.getLogger("incognito_onion.redis_events")
@@ -45,8 +44,7 @@ class BatchedRedisManager(socketio.AsyncRedisManager, FastManager):
         assert len(self._own) == ID_LENGTH
         self.publisher = Publisher(self.redis_url)
         self.subscriber = Subscriber(self.redis_url, [self.channel], self._received)
-        self._inbox: collections.deque[bytes] = collections.deque()
-        self._wake = asyncio.Event()
+        self._inbox = Inbox()
         self._started: asyncio.Task | None = None
         self._bad = Throttle(60.0)
 
@@ -72,38 +70,32 @@ class BatchedRedisManager(socketio.AsyncRedisManager, FastManager):
     def _received(self, _channel: bytes, payload: bytes) -> None:
         if payload.startswith(self._own):
             return  # this worker's own event: delivered here when it was emitted
-        self._inbox.append(payload)
-        self._wake.set()
+        self._inbox.put(payload)
 
     async def _thread(self) -> None:
         """The library's listening task, reading this manager's inbox: the same dispatch by
         ``method``, without its per-message debug line."""
         await self.start()
-        inbox = self._inbox
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while inbox:
-                raw = inbox.popleft()
-                try:
-                    data = self.json.loads(raw[ID_LENGTH:])
-                    method = data["method"]
-                except Exception:
-                    if self._bad.ready():
-                        log.warning("a malformed event from another worker was dropped")
-                    continue
-                try:
-                    if method == "emit":
-                        await self._handle_emit(data)
-                    elif method == "callback":
-                        await self._handle_callback(data)
-                    elif method == "disconnect":
-                        await self._handle_disconnect(data)
-                    elif method == "enter_room":
-                        await self._handle_enter_room(data)
-                    elif method == "leave_room":
-                        await self._handle_leave_room(data)
-                    elif method == "close_room":
-                        await self._handle_close_room(data)
-                except Exception:
-                    log.exception("error while handling an event from another worker")
+        async for raw in self._inbox.items():
+            try:
+                data = self.json.loads(raw[ID_LENGTH:])
+                method = data["method"]
+            except Exception:
+                if self._bad.ready():
+                    log.warning("a malformed event from another worker was dropped")
+                continue
+            try:
+                if method == "emit":
+                    await self._handle_emit(data)
+                elif method == "callback":
+                    await self._handle_callback(data)
+                elif method == "disconnect":
+                    await self._handle_disconnect(data)
+                elif method == "enter_room":
+                    await self._handle_enter_room(data)
+                elif method == "leave_room":
+                    await self._handle_leave_room(data)
+                elif method == "close_room":
+                    await self._handle_close_room(data)
+            except Exception:
+                log.exception("error while handling an event from another worker")

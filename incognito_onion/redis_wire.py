@@ -17,9 +17,10 @@ its connection subscribes again by itself. Nothing here raises into the caller.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -81,10 +82,12 @@ class _Replies(asyncio.Protocol):
 
 class Publisher:
     """``publish(channel, payload)`` queues; everything queued in one turn of the loop leaves
-    in one write, in order. Call :meth:`start` first (or not: the first publish connects)."""
+    in one write, in order. Call :meth:`start` first (or not: the first publish connects).
+    ``what``: what is published, for the warning when some of it is dropped."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, what: str = "events to other workers") -> None:
         self.url = url
+        self.what = what
         self._transport: asyncio.Transport | None = None
         self._connecting: asyncio.Task | None = None
         self._outbox: list[bytes] = []
@@ -144,7 +147,7 @@ class Publisher:
         self._outbox.clear()
         self.dropped += n
         if n and self._warned.ready():
-            log.warning("%d events to other workers dropped: %s", n, why)
+            log.warning("%d %s dropped: %s", n, self.what, why)
 
     async def close(self) -> None:
         self._closed = True
@@ -227,3 +230,24 @@ class Subscriber:
     async def close(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
+
+
+class Inbox:
+    """What a :class:`Subscriber` read (``put``, from its callback), for one task to take in
+    order (``async for item in inbox.items()``) when handling an item may wait."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._wake = asyncio.Event()
+
+    def put(self, item: Any) -> None:
+        self._items.append(item)
+        self._wake.set()
+
+    async def items(self) -> AsyncIterator[Any]:
+        items = self._items
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while items:
+                yield items.popleft()

@@ -17,21 +17,17 @@ next key chunk, as after any loss.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
 
-from .limits import Throttle
 from .media_relay import STREAMS, Chunk
-from .shared_rooms import redis_client
+from .redis_wire import Inbox, Publisher, Subscriber
 from .tasks import cancel_and_wait
 
 log = logging.getLogger("incognito_onion.relay_link")
 
 CHANNEL_PREFIX = "io:media:"
-RETRY_SECONDS = 1.0  # between attempts to subscribe again after redis went away
 
 Deliver = Callable[[str, Chunk], Awaitable[None]]
 
@@ -73,56 +69,45 @@ class RelayLink:
         self.url = redis_url
         self.node = node
         self.deliver = deliver
-        self._r: Any = None
+        self.publisher = Publisher(redis_url, what="media chunks to other workers")
+        self.subscriber = Subscriber(redis_url, [channel(node)],
+                                     lambda _ch, raw: self._inbox.put(raw))
+        self._inbox = Inbox()
         self._task: asyncio.Task | None = None
-        self._lost = Throttle(60.0)
-        self.published = 0
         self.received = 0
-        self.subscriptions = 0  # how many times it (re)subscribed: 1 once started
+
+    @property
+    def published(self) -> int:
+        return self.publisher.published
+
+    @property
+    def subscriptions(self) -> int:
+        """How many times it (re)subscribed: 1 once started."""
+        return self.subscriber.subscriptions
 
     async def start(self) -> None:
-        self._r = redis_client(self.url, decode=False)  # bytes: chunks are binary
+        await self.publisher.start()
+        await self.subscriber.start()
         self._task = asyncio.create_task(self._read_loop())
 
     async def close(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
-        if self._r is not None:
-            with contextlib.suppress(Exception):
-                await self._r.aclose()
-            self._r = None
+        await self.subscriber.close()
+        await self.publisher.close()
 
     async def publish(self, nodes: Iterable[str], room_id: str, chunk: Chunk) -> None:
-        """Sends ``chunk`` to the workers ``nodes`` (never to this one)."""
+        """Sends ``chunk`` to the workers ``nodes`` (never to this one). Never waits: a chunk
+        that cannot be published now (redis restarting) is dropped, as on any link."""
         raw = None
         for node in nodes:
-            if node == self.node:
-                continue
-            raw = raw or encode(room_id, chunk)
-            try:
-                await self._r.publish(channel(node), raw)
-                self.published += 1
-            except Exception as exc:  # redis restarting: this chunk is lost, as on any link
-                self._note(exc)
+            if node != self.node:
+                raw = raw or encode(room_id, chunk)
+                self.publisher.publish(channel(node), raw)
 
     async def _read_loop(self) -> None:
-        while True:
-            pubsub = self._r.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(channel(self.node))
-                self.subscriptions += 1
-                while True:
-                    msg = await pubsub.get_message(timeout=None)
-                    if msg is not None and msg.get("type") == "message":
-                        await self._one(msg["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # redis went away: subscribe again when it is back
-                self._note(exc)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-            await asyncio.sleep(RETRY_SECONDS)
+        async for raw in self._inbox.items():
+            await self._one(raw)
 
     async def _one(self, raw: bytes) -> None:
         try:
@@ -135,8 +120,3 @@ class RelayLink:
             await self.deliver(room_id, chunk)
         except Exception:  # one bad delivery must not stop the link
             log.exception("error while relaying media from another worker")
-
-    def _note(self, exc: Exception) -> None:
-        if self._lost.ready():
-            log.warning("media between workers interrupted (%s); chunks dropped until redis "
-                        "answers again", type(exc).__name__)

@@ -14,9 +14,10 @@ import signal
 
 import pytest
 
-from incognito_onion import relay_link
+from incognito_onion import redis_wire, relay_link
 from incognito_onion.media_relay import Chunk
 from incognito_onion.relay_link import RelayLink, decode, encode
+from incognito_onion.shared_rooms import redis_client
 from tests.support.server import until
 
 ROOM = "R" * 22
@@ -81,7 +82,9 @@ async def test_chunks_reach_the_named_workers_only_in_order(links):
 
 async def test_a_malformed_message_is_dropped_and_the_link_goes_on(links, caplog):
     (w0, w1), got = links
-    await w0._r.publish(relay_link.channel("w1"), b"\xff garbage")
+    r = redis_client(w0.url, decode=False)
+    await r.publish(relay_link.channel("w1"), b"\xff garbage")
+    await r.aclose()
     await w0.publish(["w1"], ROOM, chunk(1))
     await until(lambda: got["w1"], what="the chunk after the garbage")
     assert got["w1"] == [(ROOM, chunk(1))]
@@ -96,7 +99,7 @@ async def test_the_link_comes_back_by_itself_after_redis_restarts(links, redis_s
                    what="redis-server restarted by its supervisor")
     # meanwhile chunks are dropped, never raised
     await w0.publish(["w1"], ROOM, chunk(1))
-    await until(lambda: w1.subscriptions == 2, timeout=5 * relay_link.RETRY_SECONDS + 10,
+    await until(lambda: w1.subscriptions == 2, timeout=5 * redis_wire.RETRY_SECONDS + 10,
                    what="the link subscribed again")
     got["w1"].clear()
     await w0.publish(["w1"], ROOM, chunk(2))
