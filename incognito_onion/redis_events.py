@@ -7,16 +7,6 @@
   one turn of the loop leaves in one write, in order; the subscriber hands each message over
   as it is read. A publish while redis is away is dropped with a warning (the library's
   behaviour, after its retry), never raised.
-- **Room events go to the workers holding people of that room only.** An emit to a room is
-  published on that room's channel, and a worker is subscribed to the channels of the rooms
-  it holds connections of (socket.io's local room membership decides, whichever way people
-  come and go), so it reads no event of other rooms: with the one channel for everything,
-  every worker read every event of every other worker, and many workers on a big machine
-  would each have paid for all the traffic. A join or create waits, before it is answered
-  (:meth:`BatchedRedisManager.hold`: before a join's redis transaction), until redis has
-  this worker on the room's channel, so nothing sent to the room after the join is missed.
-  Everything else (to one connection, enter/leave/close room, disconnect) goes on the one
-  channel every worker reads.
 - **A worker does not read back its own events.** Every worker subscribes to the one channel,
   so redis sends each event to its sender too, where the library decoded it only to find its
   own ``host_id`` and skip it: half of what each of two workers decoded. Each message here
@@ -29,15 +19,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import socketio
 
 from .fastpath import FastManager
-from .ids import ROOM_ID_RE
 from .limits import Throttle
 from .redis_wire import Inbox, Publisher, Subscriber
 from .tasks import cancel_and_wait
@@ -45,8 +32,6 @@ from .tasks import cancel_and_wait
 log = logging.getLogger("incognito_onion.redis_events")
 
 ID_LENGTH = 32  # uuid4().hex, the library's host_id
-HOLD_TIMEOUT = 5.0  # a join waits at most this for redis to subscribe (then redis is away,
-# and the join's own transaction fails)
 
 
 class BatchedRedisManager(socketio.AsyncRedisManager, FastManager):
@@ -60,7 +45,6 @@ class BatchedRedisManager(socketio.AsyncRedisManager, FastManager):
         self.publisher = Publisher(self.redis_url)
         self.subscriber = Subscriber(self.redis_url, [self.channel], self._received)
         self._inbox = Inbox()
-        self._holds: dict[str, int] = {}  # joins of a room under way here
         self._started: asyncio.Task | None = None
         self._bad = Throttle(60.0)
 
@@ -78,46 +62,10 @@ class BatchedRedisManager(socketio.AsyncRedisManager, FastManager):
         await self.subscriber.close()
         await self.publisher.close()
 
-    def room_channel(self, room: str) -> bytes:
-        return f"{self.channel}:r:{room}".encode()
-
     async def _publish(self, data: Any) -> None:
         message = self.json.dumps(data)
-        room = data.get("room") if data.get("method") == "emit" else None
-        self.publisher.publish(
-            self.room_channel(room) if _is_room(room) else self.channel,
-            self._own + (message.encode() if isinstance(message, str) else message))
-
-    @contextlib.asynccontextmanager
-    async def hold(self, room: str) -> AsyncIterator[None]:
-        """This worker on ``room``'s channel for as long as the block runs (and after, if a
-        connection here entered the room meanwhile); the block starts once redis has done
-        it."""
-        self._holds[room] = self._holds.get(room, 0) + 1
-        try:
-            self._follow(room)
-            await self.subscriber.wait_ready(self.room_channel(room), HOLD_TIMEOUT)
-            yield
-        finally:
-            n = self._holds.pop(room) - 1
-            if n:
-                self._holds[room] = n
-            self._follow(room)
-
-    def _follow(self, room: Any) -> None:
-        """On ``room``'s channel exactly while someone here is in it or joining it."""
-        if _is_room(room):
-            self.subscriber.want(self.room_channel(room),
-                                 room in self._holds or room in self.rooms.get("/", ()))
-
-    def basic_enter_room(self, sid: str, namespace: str, room: Any,
-                         eio_sid: str | None = None) -> None:
-        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
-        self._follow(room)
-
-    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
-        super().basic_leave_room(sid, namespace, room)
-        self._follow(room)
+        self.publisher.publish(self.channel, self._own + (
+            message.encode() if isinstance(message, str) else message))
 
     def _received(self, _channel: bytes, payload: bytes) -> None:
         if payload.startswith(self._own):
@@ -151,8 +99,3 @@ class BatchedRedisManager(socketio.AsyncRedisManager, FastManager):
                     await self._handle_close_room(data)
             except Exception:
                 log.exception("error while handling an event from another worker")
-
-
-def _is_room(room: Any) -> bool:
-    """A room of ours (not a connection's own room, nor everyone)."""
-    return type(room) is str and ROOM_ID_RE.match(room) is not None

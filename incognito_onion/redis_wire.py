@@ -158,21 +158,18 @@ class Publisher:
 
 
 class Subscriber:
-    """Subscribed to ``channels`` (:meth:`want` adds and removes some on the way); each
-    message's payload handed to ``on_message(channel, payload)`` as it is read, in order.
-    Subscribes again after redis went away (what was published meanwhile is lost: pub/sub
-    keeps nothing)."""
+    """Subscribed to ``channels``; each message's payload handed to ``on_message(channel,
+    payload)`` as it is read, in order. Subscribes again after redis went away (what was
+    published meanwhile is lost: pub/sub keeps nothing)."""
 
     def __init__(self, url: str, channels: Iterable[bytes | str],
                  on_message: Callable[[bytes, bytes], None]) -> None:
         self.url = url
-        self.channels = {c.encode() if isinstance(c, str) else c for c in channels}
+        self.channels = [c.encode() if isinstance(c, str) else c for c in channels]
         self.on_message = on_message
         self._task: asyncio.Task | None = None
         self._transport: asyncio.Transport | None = None
-        self._live: set[bytes] = set()  # confirmed by redis on this connection
-        self._pending: dict[bytes, int] = {}  # (un)subscribe commands not answered yet
-        self._news = asyncio.Event()  # replaced and set on every confirmation
+        self._subscribed: asyncio.Event | None = None
         self._warned = Throttle(60.0)
         self.subscriptions = 0  # how many times it (re)subscribed: 1 once started
         self.received = 0
@@ -184,43 +181,6 @@ class Subscriber:
         self._task = asyncio.create_task(self._run(first))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(first.wait(), CONNECT_TIMEOUT)
-
-    def want(self, channel: bytes, on: bool) -> None:
-        """Subscribe to ``channel`` (``on``) or unsubscribe; :meth:`ready` says when redis has
-        done it."""
-        if (channel in self.channels) == on:
-            return
-        if on:
-            self.channels.add(channel)
-        else:
-            self.channels.discard(channel)
-        if self._transport is not None:
-            self._send(b"SUBSCRIBE" if on else b"UNSUBSCRIBE", [channel])
-
-    def ready(self, channel: bytes) -> bool:
-        """Whether every message published to ``channel`` from now on reaches this one."""
-        return channel in self._live and not self._pending.get(channel)
-
-    async def wait_ready(self, channel: bytes, timeout: float) -> bool:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while not self.ready(channel):
-            left = end - loop.time()
-            if left <= 0:
-                return False
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._news.wait(), left)
-        return True
-
-    def _send(self, verb: bytes, channels: list[bytes]) -> None:
-        assert self._transport is not None
-        for c in channels:
-            self._pending[c] = self._pending.get(c, 0) + 1
-        self._transport.write(command(verb, *channels))
-
-    def _notify(self) -> None:
-        news, self._news = self._news, asyncio.Event()
-        news.set()
 
     async def _run(self, first: asyncio.Event) -> None:
         while True:
@@ -234,27 +194,20 @@ class Subscriber:
                 if self._transport is not None:
                     self._transport.close()
                     self._transport = None
-                self._live.clear()
-                self._pending.clear()
-                self._notify()
             await asyncio.sleep(RETRY_SECONDS)
 
     async def _session(self, first: asyncio.Event) -> None:
         """One connection: subscribe, then read until redis goes away."""
         lost = asyncio.Event()
+        subscribed = self._subscribed = asyncio.Event()
 
         def on_lost() -> None:
             lost.set()
-            self._notify()
+            subscribed.set()  # no confirmation will come
 
-        transport = await open_connection(self.url, _Replies(self._reply, on_lost))
-        self._live.clear()
-        self._pending.clear()
-        self._transport = transport
-        if self.channels:
-            self._send(b"SUBSCRIBE", sorted(self.channels))
-        while self._pending and not lost.is_set():
-            await self._news.wait()
+        self._transport = await open_connection(self.url, _Replies(self._reply, on_lost))
+        self._transport.write(command(b"SUBSCRIBE", *self.channels))
+        await subscribed.wait()
         if not lost.is_set():
             self.subscriptions += 1
             first.set()
@@ -270,18 +223,9 @@ class Subscriber:
                 except Exception:  # one bad message must not stop the others
                     log.exception("error while handling a message from another worker")
                 return
-            if kind in (b"subscribe", b"unsubscribe"):
-                c = reply[1]
-                n = self._pending.get(c, 0) - 1
-                if n > 0:
-                    self._pending[c] = n
-                else:
-                    self._pending.pop(c, None)
-                if kind == b"subscribe":
-                    self._live.add(c)
-                else:
-                    self._live.discard(c)
-                self._notify()
+            if kind == b"subscribe" and reply[2] == len(self.channels):
+                assert self._subscribed is not None
+                self._subscribed.set()
 
     async def close(self) -> None:
         await cancel_and_wait(self._task)

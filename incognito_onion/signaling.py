@@ -3,7 +3,6 @@ into emits. A blind relay: payloads are routed, never read, never logged."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import logging
@@ -405,8 +404,7 @@ class Signaling:
 
     async def _create(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
         joined = await self.rooms.create(sid, f.get("meta", ""))
-        async with self._listening(joined.room.id):
-            await self.sio.enter_room(sid, joined.room.id)
+        await self.sio.enter_room(sid, joined.room.id)
         self.conns[sid].rooms[joined.room.id] = joined.peer.id
         log.info("room created (%d open)", await self.rooms.count())
         return await self._welcome(sid, joined.room, joined.peer.id, joined.peer.resume)
@@ -423,22 +421,21 @@ class Signaling:
         # host (the host of before a restart, back after someone else)
         claim = (self.tickets.host_epoch(f["room"], f["hostRestore"])
                  if "hostRestore" in f else None)
-        async with self._listening(f["room"]):
-            try:
-                joined = await self.rooms.join(f["room"], sid, f.get("meta", ""),
-                                               f.get("resume"), ticket, claim)
-            except RoomError as exc:
-                if exc.code != "room_not_found":
-                    raise
-                joined = await self._restore(sid, conn, f, ticket, claim)
-            room, peer = joined.room, joined.peer
-            if joined.replaced_sid is not None:
-                await self.sio.leave_room(joined.replaced_sid, room.id)
-                relay = self.relays.get(room.id)
-                q = relay.receivers.get(peer.id) if relay else None
-                if q is not None:  # acks owed by the old connection will never come
-                    q.reset_flight()
-            await self.sio.enter_room(sid, room.id)
+        try:
+            joined = await self.rooms.join(f["room"], sid, f.get("meta", ""), f.get("resume"),
+                                           ticket, claim)
+        except RoomError as exc:
+            if exc.code != "room_not_found":
+                raise
+            joined = await self._restore(sid, conn, f, ticket, claim)
+        room, peer = joined.room, joined.peer
+        if joined.replaced_sid is not None:
+            await self.sio.leave_room(joined.replaced_sid, room.id)
+            relay = self.relays.get(room.id)
+            q = relay.receivers.get(peer.id) if relay else None
+            if q is not None:  # acks owed by the old connection will never come
+                q.reset_flight()
+        await self.sio.enter_room(sid, room.id)
         conn.rooms[room.id] = peer.id
         await self.sio.emit("joined", {"room": room.id, "peer": peer.id, "meta": peer.meta,
                                        "resumed": joined.resumed},
@@ -468,13 +465,6 @@ class Signaling:
             return await self.rooms.join(f["room"], sid, f.get("meta", ""), None, ticket, claim)
         log.info("a room came back after a server restart (%d open)", await self.rooms.count())
         return joined
-
-    def _listening(self, room_id: str) -> contextlib.AbstractAsyncContextManager[Any]:
-        """Several workers: this process hears what is sent to ``room_id`` from the start of
-        the block on (redis_events: a room's events go to the processes holding its people
-        only); one process hears everything anyway."""
-        hold = getattr(self.sio.manager, "hold", None)
-        return hold(room_id) if hold is not None else contextlib.nullcontext()
 
     def _known_member(self, sid: str, room_id: str) -> str | None:
         """Several workers: the peer id ``sid`` has in ``room_id`` without asking redis, when

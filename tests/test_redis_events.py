@@ -14,7 +14,6 @@ import time
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from incognito_onion.ids import new_room_id
 from incognito_onion.redis_events import ID_LENGTH, BatchedRedisManager
 from incognito_onion.redis_wire import Publisher, Subscriber, command
 from incognito_onion.shared_rooms import redis_client
@@ -100,76 +99,6 @@ async def test_a_worker_handles_the_others_events_and_not_its_own(redis_url):
         tb.cancel()
         await a.close()
         await b.close()
-
-
-def emit(room: str, n: object) -> dict:
-    return {"method": "emit", "event": "message", "data": [n], "room": room}
-
-
-async def test_room_events_reach_only_the_workers_holding_people_of_the_room(redis_url):
-    a, b, c = (Handled(redis_url, channel="io-test") for _ in range(3))
-    tasks = [asyncio.create_task(m._thread()) for m in (a, b, c)]
-    room, other = new_room_id(), new_room_id()
-    try:
-        for m in (a, b, c):
-            await m.start()
-        async with b.hold(room):  # b: a join of room under way...
-            assert b.subscriber.ready(b.room_channel(room))
-            b.basic_enter_room("sid-b", "/", room, eio_sid="eio-b")  # ...and done
-        async with c.hold(other):
-            c.basic_enter_room("sid-c", "/", other, eio_sid="eio-c")
-        await a._publish(emit(room, 1))
-        await a._publish(emit("sid-c", "to one connection"))  # everyone's channel
-        await until(lambda: b.handled and len(c.handled) == 1, what="both deliveries")
-        # c holds nobody of room: it never read room's event (redis keeps a publisher's
-        # order, so it would have come before the one to a connection)
-        assert [m["data"] for m in c.handled] == [["to one connection"]]
-        assert c.subscriber.received == 1
-        assert [m["data"] for m in b.handled] == [[1], ["to one connection"]]
-        # b's last one leaves: b is off room's channel
-        b.basic_leave_room("sid-b", "/", room)
-        await until(lambda: not b.subscriber._pending, what="the unsubscribe")
-        assert not b.subscriber.ready(b.room_channel(room))
-        await a._publish(emit(room, 2))
-        await a._publish(emit("sid-x", "barrier"))
-        await until(lambda: len(b.handled) == 3, what="the barrier at b")
-        assert b.handled[-1]["data"] == ["barrier"]
-        # a hold alone does not outlive its block
-        async with a.hold(other):
-            assert a.subscriber.ready(a.room_channel(other))
-        await until(lambda: not a.subscriber._pending, what="a's unsubscribe")
-        assert a.room_channel(other) not in a.subscriber.channels
-        assert c.room_channel(other) in c.subscriber.channels
-    finally:
-        for t in tasks:
-            t.cancel()
-        for m in (a, b, c):
-            await m.close()
-
-
-async def test_a_worker_holding_a_room_hears_it_again_after_redis_restarts(redis_sup):
-    a, b = Handled(redis_sup.url, channel="io-test"), Handled(redis_sup.url, channel="io-test")
-    tasks = [asyncio.create_task(m._thread()) for m in (a, b)]
-    room = new_room_id()
-    try:
-        for m in (a, b):
-            await m.start()
-        async with b.hold(room):
-            b.basic_enter_room("sid-b", "/", room, eio_sid="eio-b")
-        old = redis_sup.pid
-        os.kill(old, signal.SIGKILL)
-        await until(lambda: redis_sup.restarts == 1 and redis_sup.pid not in (None, old),
-                    what="redis-server restarted by its supervisor")
-        await until(lambda: b.subscriber.subscriptions == 2
-                    and b.subscriber.ready(b.room_channel(room)), what="b on room again")
-        await a._publish(emit(room, "after"))
-        await until(lambda: b.handled, what="room's event after the restart")
-        assert b.handled[0]["data"] == ["after"]
-    finally:
-        for t in tasks:
-            t.cancel()
-        for m in (a, b):
-            await m.close()
 
 
 async def test_a_malformed_event_is_dropped_and_the_next_one_handled(redis_url, caplog):
