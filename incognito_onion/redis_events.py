@@ -44,7 +44,7 @@ class BatchedRedisManager(socketio.AsyncRedisManager, FastManager):
         assert len(self._own) == ID_LENGTH
         self.publisher = Publisher(self.redis_url)
         self.subscriber = Subscriber(self.redis_url, [self.channel], self._received)
-        self._inbox = Inbox()
+        self._inbox = Inbox(self.subscriber.pause_reading, self.subscriber.resume_reading)
         self._started: asyncio.Task | None = None
         self._bad = Throttle(60.0)
 

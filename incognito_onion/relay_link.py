@@ -72,7 +72,7 @@ class RelayLink:
         self.publisher = Publisher(redis_url, what="media chunks to other workers")
         self.subscriber = Subscriber(redis_url, [channel(node)],
                                      lambda _ch, raw: self._inbox.put(raw))
-        self._inbox = Inbox()
+        self._inbox = Inbox(self.subscriber.pause_reading, self.subscriber.resume_reading)
         self._task: asyncio.Task | None = None
         self.received = 0
 

@@ -14,8 +14,9 @@ import time
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from incognito_onion import redis_wire
 from incognito_onion.redis_events import ID_LENGTH, BatchedRedisManager
-from incognito_onion.redis_wire import Publisher, Subscriber, command
+from incognito_onion.redis_wire import Inbox, Publisher, Subscriber, command
 from incognito_onion.shared_rooms import redis_client
 from tests.support.server import until
 
@@ -99,6 +100,71 @@ async def test_a_worker_handles_the_others_events_and_not_its_own(redis_url):
         tb.cancel()
         await a.close()
         await b.close()
+
+
+class Held(Handled):
+    """A manager whose handling waits until ``go`` is set (a worker far behind)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.go = asyncio.Event()
+
+    async def _handle_emit(self, message: dict) -> None:
+        await self.go.wait()
+        self.handled.append(message)
+
+
+async def test_a_worker_behind_leaves_the_rest_in_redis_and_catches_up_in_order(redis_url):
+    mgr = Held(redis_url, channel="io-test")
+    sub = mgr.subscriber
+    mgr._inbox = Inbox(sub.pause_reading, sub.resume_reading, high=200_000, low=50_000)
+    task = asyncio.create_task(mgr._thread())
+    r = redis_client(redis_url, decode=False)
+    other = b"f" * ID_LENGTH
+    try:
+        await mgr.start()
+        for i in range(400):  # 4 MB, 20 times the bound
+            await r.publish("io-test", other + json.dumps(
+                {"method": "emit", "event": "e", "data": [i, "x" * 10_000]}).encode())
+        await until(lambda: mgr._inbox.paused, what="reading paused")
+        assert not sub._transport.is_reading()
+        await asyncio.sleep(0.2)  # (nothing more is read while paused)
+        assert mgr._inbox.size < 200_000 + 300_000, mgr._inbox.size  # + at most one read
+        mgr.go.set()
+        await until(lambda: len(mgr.handled) == 400, what="all 400 handled")
+        assert [m["data"][0] for m in mgr.handled] == list(range(400))
+        assert not mgr._inbox.paused and sub._transport.is_reading()
+        assert mgr._inbox.size == 0 and mgr._inbox.pauses >= 1
+    finally:
+        task.cancel()
+        await mgr.close()
+        await r.aclose()
+
+
+async def test_a_hung_redis_costs_a_publisher_bounded_memory(redis_sup, monkeypatch, caplog):
+    monkeypatch.setattr(redis_wire, "MAX_UNSENT", 2 * 1024 * 1024)
+    pub = Publisher(redis_sup.url)
+    await pub.start()
+    got: list[dict] = []
+    os.kill(redis_sup.pid, signal.SIGSTOP)
+    try:
+        for i in range(40):  # 40 MB, one turn each
+            pub.publish("io-test", b"x" * 1_000_000)
+            await asyncio.sleep(0)
+        await until(lambda: pub.dropped > 0, what="drops")
+        assert pub._transport.get_write_buffer_size() <= 2 * 1024 * 1024 + 1_000_100
+        assert "redis is not reading" in caplog.text
+    finally:
+        os.kill(redis_sup.pid, signal.SIGCONT)
+    await until(lambda: pub._transport.get_write_buffer_size() == 0, what="redis reading again")
+    reader = await listen(redis_sup.url, "io-test", got)
+    try:
+        pub.publish("io-test", b"e" * ID_LENGTH + b'{"n": 1}')
+        await until(lambda: got, what="a message once redis reads again")
+        assert got == [{"n": 1}]
+    finally:
+        reader.cancel()
+        await pub.close()
 
 
 async def test_a_malformed_event_is_dropped_and_the_next_one_handled(redis_url, caplog):
