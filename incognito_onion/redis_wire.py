@@ -105,15 +105,22 @@ class Publisher:
         self.errors = 0  # error replies (none expected: only PUBLISH is sent)
 
     async def start(self) -> None:
-        await self._connect()
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._connect())
+        await asyncio.shield(self._connecting)
 
     async def _connect(self) -> None:
+        """One connection at a time (:meth:`start` and :meth:`_flush` share the task)."""
         protocol = _Replies(self._reply, self._lost)
         try:
-            self._transport = await open_connection(self.url, protocol)
+            transport = await open_connection(self.url, protocol)
         except OSError as exc:
             self._drop(f"redis did not answer ({exc.strerror or exc})")
             return
+        if self._closed:
+            transport.close()
+            return
+        self._transport = transport
         self._flush()
 
     def _reply(self, reply: Any) -> None:
