@@ -388,6 +388,34 @@ def cpu_seconds(proc) -> float:
     return total
 
 
+def cpu_by_process(proc) -> dict[int, tuple[str, float]]:
+    """pid -> (role, user + system CPU seconds) of ``proc`` and its children: the server, its
+    workers and redis (``server.workers`` > 1), so a run says which of them took the CPU."""
+    import psutil
+
+    out: dict[int, tuple[str, float]] = {}
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return out
+    for i, p in enumerate(procs):
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            cmd = " ".join(p.cmdline())
+            role = ("server" if i == 0 else "worker" if "incognito_onion.worker" in cmd
+                    else p.name())
+            out[p.pid] = (role, t.user + t.system)
+    return out
+
+
+def cpu_split(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+              wall: float) -> list[tuple[str, float]]:
+    """(role, % of one core) per process alive at both ends of the window, biggest first."""
+    rows = [(after[pid][0], 100 * (after[pid][1] - before[pid][1]) / wall)
+            for pid in after if pid in before]
+    return sorted(rows, key=lambda r: -r[1])
+
+
 def ensure_node_modules(log) -> None:
     """bench/node's locked dependencies (the server's socket.io, the generator's client)."""
     if not all((NODE_DIR / "node_modules" / m).is_dir() for m in ("socket.io", "socket.io-client")):
@@ -581,12 +609,14 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
         await asyncio.sleep(max(0.0, (w0 - time.monotonic_ns()) / 1e9))
         cpu0 = (time.monotonic(), cpu_seconds(sp), [cpu_seconds(p) for p in gps],
                 psutil.cpu_times())
+        split0 = cpu_by_process(sp)
         rss_peak = 0
         while time.monotonic_ns() < w1:
             rss_peak = max(rss_peak, tree_rss(sp))
             await asyncio.sleep(min(0.5, max(0.0, (w1 - time.monotonic_ns()) / 1e9)))
         cpu1 = (time.monotonic(), cpu_seconds(sp), [cpu_seconds(p) for p in gps],
                 psutil.cpu_times())
+        split1 = cpu_by_process(sp)
         rss_end = tree_rss(sp)
         rss_peak = max(rss_peak, rss_end)
         if capture is not None:
@@ -596,6 +626,7 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
             g.done = await g.expect("done", 60 + args.drain)
         wall = cpu1[0] - cpu0[0]
         server_cpu = 100 * (cpu1[1] - cpu0[1]) / wall
+        res["server_cpu_split"] = cpu_split(split0, split1, wall)
         gen_cpu = [100 * (b - a) / wall for a, b in zip(cpu0[2], cpu1[2], strict=True)]
         busy = [sum(getattr(c, f) for f in ("user", "nice", "system", "irq", "softirq",
                                              "steal")) for c in (cpu0[3], cpu1[3])]
@@ -784,7 +815,9 @@ def report(r: dict) -> str:
         ("server RSS end of load", f"{rss['end_of_load']:.1f} MB "
          f"(peak {rss['peak_during_load']:.1f} MB)"),
         ("RSS per 1000 idle clients", f"{r['server_rss_mb_per_1000_idle_clients']:.1f} MB"),
-        ("server CPU", f"{r['server_cpu_percent']:.0f}% of one core"),
+        ("server CPU", f"{r['server_cpu_percent']:.0f}% of one core" + (
+            " (" + ", ".join(f"{role} {pct:.0f}%" for role, pct in r["server_cpu_split"])
+            + ")" if len(r.get("server_cpu_split") or ()) > 1 else "")),
         ("generator CPU", ", ".join(f"{x:.0f}%" for x in r["generator_cpu_percent"])
          + " of one core each"),
         ("machine CPU", f"{r['machine_cpu_percent']:.0f}% of {100 * c['cpus']}% "

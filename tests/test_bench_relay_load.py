@@ -93,3 +93,12 @@ def test_repeat_runs_numbered_rounds_against_the_real_server():
     assert [(r["server"], r["round"]) for r in runs] == [("ours", 1), ("ours", 2)]
     assert all(r["lost"] == 0 and r["delivered"] == r["expected_deliveries"] > 0 for r in runs)
     assert result["verdicts"] == []  # one server: nothing to compare
+
+
+def test_cpu_split_names_each_process_alive_through_the_window():
+    rl = _relay_load()
+    before = {1: ("server", 10.0), 2: ("worker", 4.0), 3: ("redis-server", 1.0)}
+    after = {1: ("server", 12.0), 2: ("worker", 7.0), 3: ("redis-server", 1.5),
+             4: ("worker", 0.5)}  # a worker restarted in the window: no figure for it
+    assert rl.cpu_split(before, after, 10.0) == [
+        ("worker", 30.0), ("server", 20.0), ("redis-server", 5.0)]
