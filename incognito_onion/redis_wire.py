@@ -62,7 +62,8 @@ async def open_connection(url: str, protocol: asyncio.Protocol) -> asyncio.Trans
     else:
         raise ValueError(f"unsupported redis url scheme: {parts.scheme!r}")
     try:
-        transport, _ = await asyncio.wait_for(connect, CONNECT_TIMEOUT)
+        async with asyncio.timeout(CONNECT_TIMEOUT):  # (wait_for can swallow a cancellation)
+            transport, _ = await connect
     except TimeoutError:
         raise OSError("redis did not accept a connection in time") from None
     return transport  # type: ignore[return-value]
@@ -206,8 +207,9 @@ class Subscriber:
         trying in the background)."""
         first = asyncio.Event()
         self._task = asyncio.create_task(self._run(first))
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(first.wait(), CONNECT_TIMEOUT)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await first.wait()
 
     async def _run(self, first: asyncio.Event) -> None:
         while True:
