@@ -186,9 +186,8 @@ class RedisSupervisor:
                     proc.kill()
                 await proc.wait()
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+            with contextlib.suppress(Exception):  # (the reader's own failure: too late now)
+                await cancel_and_wait(self._reader)
             self._reader = None
 
     async def stop(self) -> None:

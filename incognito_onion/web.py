@@ -5,7 +5,6 @@ microphone for this origin only)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from aiohttp import web
 
 from .limits import TurnGate
 from .signaling import Signaling
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("incognito_onion.web")
 
@@ -138,9 +138,7 @@ def _sweeper(signaling: Signaling, every: float | None = None):
             await signaling.link.start()
         task = asyncio.create_task(loop())
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         if signaling.link is not None:
             await signaling.link.close()
         await rooms.close()

@@ -35,6 +35,7 @@ from .redis_events import BatchedRedisManager
 from .relay_link import RelayLink
 from .room_tickets import RoomTickets
 from .signaling import IceProvider, Signaling, no_turn_ice
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("incognito_onion.worker")
 
@@ -163,10 +164,7 @@ class WorkerPool:
     async def stop(self) -> None:
         self._stopping = True
         for task in self._watchers:
-            task.cancel()
-        for task in self._watchers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         procs = [c.proc for c in self.children if c.proc is not None]
         for proc in procs:
             if proc.returncode is None:

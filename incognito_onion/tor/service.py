@@ -25,6 +25,7 @@ from typing import Any
 
 import stem.control
 
+from ..tasks import cancel_and_wait
 from . import attach, client_keys, launch
 from .control import BootstrapProgress, Control, check_version, notify, wait_bootstrap
 from .errors import TorControlRefused, TorError, TorNoClientKeys, TorPublishFailed
@@ -292,9 +293,8 @@ class TorService:
             return
         self._closed = True
         if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watchdog
+            with contextlib.suppress(Exception):  # (the watchdog's own failure: too late now)
+                await cancel_and_wait(self._watchdog)
             self._watchdog = None
         if self._ctl is not None and self.onion is not None:
             await unpublish(self._ctl, self.onion.service_id)
