@@ -47,6 +47,11 @@ class BatchedRedisManager(socketio.AsyncRedisManager, FastManager):
         self._inbox = Inbox(self.subscriber.pause_reading, self.subscriber.resume_reading)
         self._started: asyncio.Task | None = None
         self._bad = Throttle(60.0)
+        self._handlers = {"emit": self._handle_emit, "callback": self._handle_callback,
+                          "disconnect": self._handle_disconnect,
+                          "enter_room": self._handle_enter_room,
+                          "leave_room": self._handle_leave_room,
+                          "close_room": self._handle_close_room}
 
     async def start(self) -> None:
         if self._started is None:
@@ -84,18 +89,10 @@ class BatchedRedisManager(socketio.AsyncRedisManager, FastManager):
                 if self._bad.ready():
                     log.warning("a malformed event from another worker was dropped")
                 continue
+            handle = self._handlers.get(method) if isinstance(method, str) else None
+            if handle is None:
+                continue  # (the library ignores what it does not know, too)
             try:
-                if method == "emit":
-                    await self._handle_emit(data)
-                elif method == "callback":
-                    await self._handle_callback(data)
-                elif method == "disconnect":
-                    await self._handle_disconnect(data)
-                elif method == "enter_room":
-                    await self._handle_enter_room(data)
-                elif method == "leave_room":
-                    await self._handle_leave_room(data)
-                elif method == "close_room":
-                    await self._handle_close_room(data)
+                await handle(data)
             except Exception:
                 log.exception("error while handling an event from another worker")
