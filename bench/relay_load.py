@@ -416,6 +416,37 @@ def cpu_split(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, 
     return sorted(rows, key=lambda r: -r[1])
 
 
+def pin_sets(server_cpus: int) -> tuple[set[int], set[int]] | None:
+    """--pin N: the first N of the CPUs this process may use for the server, the rest for the
+    generators (and this script, the capture); None without --pin."""
+    if not server_cpus:
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if not 0 < server_cpus < len(cpus):
+        raise SystemExit(f"--pin {server_cpus}: needs 1 .. {len(cpus) - 1} "
+                         f"(this process may use {len(cpus)} CPUs)")
+    return set(cpus[:server_cpus]), set(cpus[server_cpus:])
+
+
+def pin_tree(pid: int, cpus: set[int]) -> int:
+    """Every thread of pid and its descendants onto cpus (threads started later inherit it);
+    the number of threads moved. Threads that are gone by then are skipped."""
+    import psutil
+
+    moved = 0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            tids = [t.id for t in proc.threads()]
+        except psutil.Error:
+            continue
+        for tid in tids:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, cpus)
+                moved += 1
+    return moved
+
+
 def ensure_node_modules(log) -> None:
     """bench/node's locked dependencies (the server's socket.io, the generator's client)."""
     if not all((NODE_DIR / "node_modules" / m).is_dir() for m in ("socket.io", "socket.io-client")):
@@ -545,16 +576,32 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     gens: list[Gen] = []
     srv = None
+    pins = pin_sets(args.pin)
+    own_cpus = os.sched_getaffinity(0)
+    if pins:  # whatever this process starts from now on inherits the generators' CPUs
+        os.sched_setaffinity(0, pins[1])
     res: dict = {"server": against,
                  "config": {"clients": args.clients, "rooms_of": args.rooms_of,
                             "rate": args.rate, "seconds": args.seconds, "warmup": args.warmup,
                             "size": args.size, "procs": len(shares), "cpus": os.cpu_count(),
                             "generator": args.generator,
+                            "pin": ({"server": sorted(pins[0] | pins[1]
+                                                              if args.server_anywhere
+                                                              else pins[0]),
+                                     "generators": sorted(pins[1])} if pins else None),
                             "server_env": env if against == "ours" else None}}
     try:
         srv = NodeServer(log) if against == "node" else start_server(tmp, env=env)
         sp = psutil.Process(srv.pid)
         log(f"{SERVER_NAMES[against]} server pid {srv.pid} on {srv.base}")
+        if pins and args.server_anywhere:
+            n = pin_tree(srv.pid, pins[0] | pins[1])
+            log(f"the server's {n} threads may run on any CPU, everything else only on "
+                f"{sorted(pins[1])}")
+        elif pins:
+            n = pin_tree(srv.pid, pins[0])
+            log(f"pinned the server's {n} threads to CPU(s) {sorted(pins[0])}, "
+                f"everything else to {sorted(pins[1])}")
         await asyncio.sleep(1.0)
         rss_before = tree_rss(sp)
 
@@ -715,6 +762,7 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
             res["server_exit_code"] = code
             log(f"server stopped (exit {code})")
         shutil.rmtree(tmp, ignore_errors=True)
+        os.sched_setaffinity(0, own_cpus)
     return res
 
 
@@ -790,7 +838,9 @@ def report(r: dict) -> str:
         ("rooms", f"{r['rooms']} of {c['rooms_of']} clients"),
         ("load", f"{c['rate']:g} msg/s per client, {c['size']}-char payload, "
          f"{c['warmup']:g} s warm-up + {c['seconds']:g} s measured, "
-         f"{c['procs']} {c.get('generator', 'python')} generator process(es)"),
+         f"{c['procs']} {c.get('generator', 'python')} generator process(es)"
+         + (f"; server on CPU {c['pin']['server']}, the rest on {c['pin']['generators']}"
+            if c.get("pin") else "")),
         ("messages sent/s", f"{r['sent_per_s']:.1f}  ({r['sent']} in the window)"),
         ("messages delivered/s", f"{r['delivered_per_s']:.1f}  ({r['delivered']} of "
          f"{r['expected_deliveries']} expected, {r['lost']} lost)"),
@@ -1050,6 +1100,16 @@ def main() -> int:
                     help="also capture the server's packets on lo during the window "
                          "(bench/lo_capture.py; root or CAP_NET_RAW) and report how long "
                          "messages stayed in the server, without the generators' own delays")
+    ap.add_argument("--pin", type=int, default=0, metavar="N",
+                    help="the server's processes and threads on the first N CPUs, the "
+                         "generators, the capture and this script on the others, for either "
+                         "server alike (on loopback a delivery otherwise wakes its reader onto "
+                         "the server's core, which a server with remote clients never meets) "
+                         "(default: no pinning)")
+    ap.add_argument("--server-anywhere", action="store_true",
+                    help="with --pin: keep the generators off the first N CPUs but let the "
+                         "server run on every CPU (a server's helper threads, such as V8's "
+                         "garbage collector's, are then not squeezed onto its main thread's)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON only")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -1064,6 +1124,7 @@ def main() -> int:
             or args.size < HEAD_CHARS:
         ap.error("need --clients >= 1, --rooms-of >= 2, --rate > 0, --seconds > 0, --size >= 24")
     which = ["ours", "node"] if args.against == "both" else [args.against]
+    pin_sets(args.pin)  # a --pin this machine cannot do fails here, before any server starts
     if args.repeat < 1:
         ap.error("--repeat needs N >= 1")
     if args.repeat > 1 and not args.rates:

@@ -4,8 +4,10 @@ The verdict is pure arithmetic over run results, tested here on made-up results;
 run checks that rounds run and are numbered (the numbers themselves are the benchmark's to
 report, not asserted)."""
 
+import contextlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +104,40 @@ def test_cpu_split_names_each_process_alive_through_the_window():
              4: ("worker", 0.5)}  # a worker restarted in the window: no figure for it
     assert rl.cpu_split(before, after, 10.0) == [
         ("worker", 30.0), ("server", 20.0), ("redis-server", 5.0)]
+
+
+def _allowed(tid: int) -> set[int]:
+    return os.sched_getaffinity(tid)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs 2 CPUs")
+def test_pin_moves_every_thread_of_the_server_tree_and_rejects_what_cannot_be_done():
+    rl = _relay_load()
+    cpus = sorted(os.sched_getaffinity(0))
+    server, rest = rl.pin_sets(1)
+    assert server == {cpus[0]} and rest == set(cpus[1:])
+    assert rl.pin_sets(0) is None
+    for bad in (len(cpus), -1):
+        with pytest.raises(SystemExit, match="--pin"):
+            rl.pin_sets(bad)
+    # a process with a second thread and a child of its own, as `up` with workers is
+    code = ("import subprocess, sys, threading, time\n"
+            "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "print(c.pid, flush=True)\n"
+            "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = 0
+    try:
+        child = int(proc.stdout.readline())
+        tids = [int(t) for pid in (proc.pid, child) for t in os.listdir(f"/proc/{pid}/task")]
+        assert len(tids) >= 3
+        assert all(_allowed(t) == set(cpus) for t in tids)
+        assert rl.pin_tree(proc.pid, server) == len(tids)
+        assert all(_allowed(t) == server for t in tids)
+    finally:
+        proc.kill()
+        proc.wait()
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, 9)
