@@ -306,6 +306,28 @@ class Signaling:
             "media/keyframe": self._media_keyframe,
         }
 
+    # -- start and stop ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Before the first client: the rooms' store, and with several workers the other
+        workers' events (a worker that joined a client before it listened would miss what the
+        others said to that client's room) and the media link between workers."""
+        await self.rooms.start()
+        manager = self.sio.manager
+        if hasattr(manager, "start"):  # redis_events.BatchedRedisManager (several workers)
+            await manager.start()
+        if self.link is not None:
+            await self.link.start()
+
+    async def close(self) -> None:
+        """After the last client, in the reverse order, while redis is still there (up stops
+        it after the workers)."""
+        if self.link is not None:
+            await self.link.close()
+        await self.rooms.close()
+        manager = self.sio.manager
+        if hasattr(manager, "close"):
+            await manager.close()
+
     # -- connection life -----------------------------------------------------------------------
     async def _on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
         if len(self.conns) >= self.cfg.limits.max_connections:

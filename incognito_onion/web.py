@@ -130,20 +130,11 @@ def _sweeper(signaling: Signaling, every: float | None = None):
                 except Exception as exc:  # redis restarting: try again at the next round
                     log.warning("room upkeep failed (%s)", type(exc).__name__)
 
-        await rooms.start()
-        manager = signaling.sio.manager
-        if hasattr(manager, "start"):  # several workers: hear the others before any client
-            await manager.start()
-        if signaling.link is not None:
-            await signaling.link.start()
+        await signaling.start()
         task = asyncio.create_task(loop())
         yield
         await cancel_and_wait(task)
-        if signaling.link is not None:
-            await signaling.link.close()
-        await rooms.close()
-        if hasattr(manager, "close"):  # stop listening to redis before up stops it
-            await manager.close()
+        await signaling.close()
 
     return ctx
 
