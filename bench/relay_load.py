@@ -428,22 +428,38 @@ def pin_sets(server_cpus: int) -> tuple[set[int], set[int]] | None:
     return set(cpus[:server_cpus]), set(cpus[server_cpus:])
 
 
-def pin_tree(pid: int, cpus: set[int]) -> int:
-    """Every thread of pid and its descendants onto cpus (threads started later inherit it);
-    the number of threads moved. Threads that are gone by then are skipped."""
+def tree_threads(pid: int) -> list[int]:
+    """The thread ids of pid and its descendants (those gone by then are left out)."""
     import psutil
 
-    moved = 0
     root = psutil.Process(pid)
+    tids: list[int] = []
     for proc in [root, *root.children(recursive=True)]:
-        try:
-            tids = [t.id for t in proc.threads()]
-        except psutil.Error:
-            continue
-        for tid in tids:
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(tid, cpus)
-                moved += 1
+        with contextlib.suppress(psutil.Error):
+            tids += [t.id for t in proc.threads()]
+    return tids
+
+
+def pin_tree(pid: int, cpus: set[int]) -> int:
+    """Every thread of pid and its descendants onto cpus (threads started later inherit it);
+    the number of threads moved."""
+    moved = 0
+    for tid in tree_threads(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(tid, cpus)
+            moved += 1
+    return moved
+
+
+def batch_tree(pid: int) -> int:
+    """Every thread of pid and its descendants under SCHED_BATCH: the kernel then never lets
+    one of them, woken, preempt the task that is running (here: the server that just wrote to
+    it); they wait for the next tick or for the core to be free. The number of threads."""
+    moved = 0
+    for tid in tree_threads(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+            moved += 1
     return moved
 
 
@@ -585,6 +601,7 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
                             "rate": args.rate, "seconds": args.seconds, "warmup": args.warmup,
                             "size": args.size, "procs": len(shares), "cpus": os.cpu_count(),
                             "generator": args.generator,
+                            "batch_generators": args.batch_generators,
                             "pin": ({"server": sorted(pins[0] | pins[1]
                                                               if args.server_anywhere
                                                               else pins[0]),
@@ -636,6 +653,9 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
         rss_idle = tree_rss(sp)
 
         gps = [psutil.Process(g.proc.pid) for g in gens]
+        if args.batch_generators:
+            n = sum(batch_tree(g.proc.pid) for g in gens)
+            log(f"the generators' {n} threads under SCHED_BATCH")
         ns = time.monotonic_ns()
         start = ns + 300_000_000
         w0 = start + int(args.warmup * 1e9)
@@ -840,7 +860,8 @@ def report(r: dict) -> str:
          f"{c['warmup']:g} s warm-up + {c['seconds']:g} s measured, "
          f"{c['procs']} {c.get('generator', 'python')} generator process(es)"
          + (f"; server on CPU {c['pin']['server']}, the rest on {c['pin']['generators']}"
-            if c.get("pin") else "")),
+            if c.get("pin") else "")
+         + ("; generators under SCHED_BATCH" if c.get("batch_generators") else "")),
         ("messages sent/s", f"{r['sent_per_s']:.1f}  ({r['sent']} in the window)"),
         ("messages delivered/s", f"{r['delivered_per_s']:.1f}  ({r['delivered']} of "
          f"{r['expected_deliveries']} expected, {r['lost']} lost)"),
@@ -1110,6 +1131,10 @@ def main() -> int:
                     help="with --pin: keep the generators off the first N CPUs but let the "
                          "server run on every CPU (a server's helper threads, such as V8's "
                          "garbage collector's, are then not squeezed onto its main thread's)")
+    ap.add_argument("--batch-generators", action="store_true",
+                    help="the generators under SCHED_BATCH, for either server alike: a "
+                         "generator woken by a delivery then never preempts the server that "
+                         "wrote it, as readers on other machines never do (default: as started)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON only")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -106,21 +106,10 @@ def test_cpu_split_names_each_process_alive_through_the_window():
         ("worker", 30.0), ("server", 20.0), ("redis-server", 5.0)]
 
 
-def _allowed(tid: int) -> set[int]:
-    return os.sched_getaffinity(tid)
-
-
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs 2 CPUs")
-def test_pin_moves_every_thread_of_the_server_tree_and_rejects_what_cannot_be_done():
-    rl = _relay_load()
-    cpus = sorted(os.sched_getaffinity(0))
-    server, rest = rl.pin_sets(1)
-    assert server == {cpus[0]} and rest == set(cpus[1:])
-    assert rl.pin_sets(0) is None
-    for bad in (len(cpus), -1):
-        with pytest.raises(SystemExit, match="--pin"):
-            rl.pin_sets(bad)
-    # a process with a second thread and a child of its own, as `up` with workers is
+@pytest.fixture
+def tree():
+    """A process with a second thread and a child of its own, as `up` with workers is:
+    (its pid, every thread id of both)."""
     code = ("import subprocess, sys, threading, time\n"
             "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
             "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
@@ -132,12 +121,34 @@ def test_pin_moves_every_thread_of_the_server_tree_and_rejects_what_cannot_be_do
         child = int(proc.stdout.readline())
         tids = [int(t) for pid in (proc.pid, child) for t in os.listdir(f"/proc/{pid}/task")]
         assert len(tids) >= 3
-        assert all(_allowed(t) == set(cpus) for t in tids)
-        assert rl.pin_tree(proc.pid, server) == len(tids)
-        assert all(_allowed(t) == server for t in tids)
+        yield proc.pid, tids
     finally:
         proc.kill()
         proc.wait()
         if child:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, 9)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs 2 CPUs")
+def test_pin_moves_every_thread_of_the_server_tree_and_rejects_what_cannot_be_done(tree):
+    rl = _relay_load()
+    cpus = sorted(os.sched_getaffinity(0))
+    server, rest = rl.pin_sets(1)
+    assert server == {cpus[0]} and rest == set(cpus[1:])
+    assert rl.pin_sets(0) is None
+    for bad in (len(cpus), -1):
+        with pytest.raises(SystemExit, match="--pin"):
+            rl.pin_sets(bad)
+    pid, tids = tree
+    assert all(os.sched_getaffinity(t) == set(cpus) for t in tids)
+    assert rl.pin_tree(pid, server) == len(tids)
+    assert all(os.sched_getaffinity(t) == server for t in tids)
+
+
+def test_batch_puts_every_thread_of_the_generator_tree_under_sched_batch(tree):
+    rl = _relay_load()
+    pid, tids = tree
+    assert all(os.sched_getscheduler(t) == os.SCHED_OTHER for t in tids)
+    assert rl.batch_tree(pid) == len(tids)
+    assert all(os.sched_getscheduler(t) == os.SCHED_BATCH for t in tids)
