@@ -149,6 +149,24 @@ class LocalRooms:
 
 # -- the room document (pure) --------------------------------------------------------------------
 
+def _member(raw: str | None, sid: str) -> tuple[Room, Peer]:
+    """The stored room and the peer ``sid`` holds in it, or not_in_room."""
+    room = decode_room(raw) if raw is not None else None
+    peer = find_sid(room, sid) if room is not None else None
+    if room is None or peer is None:
+        raise RoomError("not_in_room", "you are not in this room")
+    return room, peer
+
+
+def _receivers(raw: dict) -> dict[str, tuple[str, frozenset[str] | None]]:
+    """The relay receivers' hash as stored: peer id -> {"n": worker, "o": senders or null}."""
+    out: dict[str, tuple[str, frozenset[str] | None]] = {}
+    for peer_id, value in raw.items():
+        d = json.loads(value)
+        out[peer_id] = (d["n"], None if d["o"] is None else frozenset(d["o"]))
+    return out
+
+
 def encode_room(room: Room) -> str:
     """The room as stored in Redis, without the peers' profiles (kept in ``rmeta:<id>``)."""
     return json.dumps({
@@ -303,15 +321,7 @@ class SharedRooms:
         return int(await self.r.scard(K_ROOMS))
 
     async def member(self, room_id: str, sid: str) -> tuple[Room, Peer]:
-        raw = await self.r.get(k_room(room_id))
-        peer = None
-        room = None
-        if raw is not None:
-            room = decode_room(raw)
-            peer = find_sid(room, sid)
-        if room is None or peer is None:
-            raise RoomError("not_in_room", "you are not in this room")
-        return room, peer
+        return _member(await self.r.get(k_room(room_id)), sid)
 
     def target(self, room: Room, peer_id: str) -> Peer:
         return target(room, peer_id)
@@ -325,11 +335,18 @@ class SharedRooms:
     async def relay_receivers(self, room_id: str) -> dict[str, tuple[str, frozenset[str] | None]]:
         """The room's relay receivers: peer id -> (its worker, the senders it wants or None
         for all)."""
-        out: dict[str, tuple[str, frozenset[str] | None]] = {}
-        for peer_id, raw in (await self.r.hgetall(k_recv(room_id))).items():
-            d = json.loads(raw)
-            out[peer_id] = (d["n"], None if d["o"] is None else frozenset(d["o"]))
-        return out
+        return _receivers(await self.r.hgetall(k_recv(room_id)))
+
+    async def member_and_receivers(self, room_id: str, sid: str) -> tuple[
+            Room, Peer, dict[str, tuple[str, frozenset[str] | None]]]:
+        """:meth:`member` and :meth:`relay_receivers` in one round trip to redis: every media
+        chunk a sender relays needs both (not a transaction: a receiver that joins or leaves
+        in between is a chunk early or late either way)."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.get(k_room(room_id))
+            pipe.hgetall(k_recv(room_id))
+            raw, recv = await pipe.execute()
+        return *_member(raw, sid), _receivers(recv)
 
     async def set_receiver(self, room_id: str, sid: str, only: frozenset[str] | None) -> None:
         """Makes the peer ``sid`` holds in ``room_id`` a relay receiver on this worker (of

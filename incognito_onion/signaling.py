@@ -648,12 +648,15 @@ class Signaling:
         return {"receivers": note["peers"], "from": note["from"]}
 
     async def _media(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        room, peer = await self.rooms.member(f["room"], sid)
+        if self.link is None:
+            room, peer = await self.rooms.member(f["room"], sid)
+            receivers = {}
+        else:  # several workers: the room and its receivers in one round trip to redis
+            room, peer, receivers = await self.rooms.member_and_receivers(f["room"], sid)
         chunk = Chunk(peer.id, f["stream"], f["seq"], f["key"], f["ts"], f["data"])
         relayed = 0
         if self.link is not None:  # receivers on the other workers
-            elsewhere = {p: node for p, (node, only) in
-                         (await self.rooms.relay_receivers(room.id)).items()
+            elsewhere = {p: node for p, (node, only) in receivers.items()
                          if node != self.link.node and p != peer.id
                          and (only is None or peer.id in only) and p in room.peers}
             if elsewhere:

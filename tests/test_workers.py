@@ -182,6 +182,28 @@ async def test_relay_receivers_are_listed_with_their_worker_and_leave_with_their
     assert await w0.r.exists("io:rrecv:" + rid) == 0 and await w0.room(rid) is None
 
 
+async def test_a_media_sender_and_the_receivers_come_in_one_round_trip(redis_url,
+                                                                       monkeypatch):
+    w0, w1 = stores(redis_url)
+    rid = (await w0.create("s1")).room.id
+    b = (await w1.join(rid, "s2")).peer
+    await w1.set_receiver(rid, "s2", None)
+    room, peer = await w0.member(rid, "s2")
+    receivers = await w0.relay_receivers(rid)
+
+    async def no_single_commands(*a, **kw):
+        raise AssertionError("a command of its own, outside the pipeline")
+
+    monkeypatch.setattr(w0.r, "execute_command", no_single_commands)
+    got_room, got_peer, got_receivers = await w0.member_and_receivers(rid, "s2")
+    assert got_peer == peer and got_peer.id == b.id and got_room.peers == room.peers
+    assert got_receivers == receivers == {b.id: ("w1", None)}
+    for room_id, sid in ((rid, "nobody"), ("x" * 22, "s1")):
+        with pytest.raises(RoomError) as exc:
+            await w0.member_and_receivers(room_id, sid)
+        assert exc.value.code == "not_in_room"
+
+
 async def test_concurrent_joins_never_overfill_a_room(redis_url):
     ws = stores(redis_url, n=4, capacity=3, per_connection=1)
     rid = (await ws[0].create("host")).room.id
