@@ -11,6 +11,9 @@
   so redis sends each event to its sender too, where the library decoded it only to find its
   own ``host_id`` and skip it: half of what each of two workers decoded. Each message here
   starts with its sender's id (32 hex characters) and a worker skips its own before decoding.
+- **An emit to one of this process's connections is not published.** The library published
+  every emit; only what may reach another worker's connections (a room, or a connection held
+  elsewhere) goes to redis here.
 - **Local deliveries the one-process way.** What the manager delivers to this process's own
   connections (its own emits, and the other workers' it reads from redis) goes through
   :class:`~incognito_onion.fastpath.FastManager` (next in the MRO).
@@ -66,6 +69,21 @@ class BatchedRedisManager(socketio.AsyncRedisManager, FastManager):
         await cancel_and_wait(getattr(self, "thread", None))
         await self.subscriber.close()
         await self.publisher.close()
+
+    async def emit(self, event: str, data: Any, namespace: str | None = None,
+                   room: Any = None, skip_sid: Any = None, callback: Any = None,
+                   to: Any = None, **kwargs: Any) -> None:
+        """The library's, except that an emit to one connection of this process stays here:
+        the library published every emit to every worker, so each error reply to a sender, a
+        keyframe request or an SDP answer between two peers on one worker was decoded by all
+        the others only to find nobody to deliver it to (a flood of refused events made
+        every worker pay for it)."""
+        target = to or room
+        if (not kwargs.get("ignore_queue") and type(target) is str
+                and self.is_connected(target, namespace or "/")):
+            kwargs["ignore_queue"] = True
+        await super().emit(event, data, namespace=namespace, room=room, skip_sid=skip_sid,
+                           callback=callback, to=to, **kwargs)
 
     async def _publish(self, data: Any) -> None:
         message = self.json.dumps(data)

@@ -14,10 +14,12 @@ import time
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from incognito_onion import redis_wire
+from incognito_onion import fastpath, redis_wire
+from incognito_onion.config import load
 from incognito_onion.redis_events import ID_LENGTH, BatchedRedisManager
 from incognito_onion.redis_wire import Inbox, Publisher, Subscriber, command
 from incognito_onion.shared_rooms import redis_client
+from incognito_onion.signaling import Signaling
 from tests.support.server import until
 
 
@@ -261,3 +263,42 @@ async def test_a_worker_tens_of_megabytes_behind_is_not_cut_off(redis_url):
         await pubsub.aclose()
         await sub.aclose()
         await pub.aclose()
+
+
+class StandInSocket:
+    """An engine.io socket the fast loop runs, keeping what would be written."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.packets: list = []
+        setattr(self, fastpath._SEND_NOW, self._send_now)
+
+    def _send_now(self, pkt) -> bool:
+        self.packets.append(pkt.data)
+        return True
+
+
+async def test_an_emit_to_a_connection_of_this_worker_is_not_published(redis_url):
+    a = BatchedRedisManager(redis_url, channel="io-test")
+    b = Handled(redis_url, channel="io-test")
+    sig = Signaling(load(path=None, env={}), client_manager=a)  # a's server
+    tb = asyncio.create_task(b._thread())
+    try:
+        await a.start()
+        await b.start()
+        sock = StandInSocket()
+        sig.sio.eio.sockets["e1"] = sock
+        sid = await a.connect("e1", "/")
+        await sig.sio.emit("error", {"code": "bad_request"}, to=sid)
+        await a.emit("connection", {"data": "sdp"}, "/", room=sid)
+        assert len(sock.packets) == 2 and "bad_request" in sock.packets[0]
+        # a connection this worker does not hold, then a room: both go to the others
+        await sig.sio.emit("removed", {"room": "r"}, to="held-elsewhere")
+        await sig.sio.emit("left", {"room": "r"}, room="r")
+        await until(lambda: len(b.handled) == 2, what="the two emits for other workers")
+        assert [(m["event"], m["room"]) for m in b.handled] == [
+            ("removed", "held-elsewhere"), ("left", "r")]
+    finally:
+        tb.cancel()
+        await a.close()
+        await b.close()
