@@ -362,30 +362,38 @@ def server_env(args: argparse.Namespace, rooms: int) -> dict[str, str]:
     return env
 
 
+def process_tree(proc) -> list:
+    """``proc`` (a psutil.Process) and its descendants (server.workers > 1: the workers and
+    redis); empty when ``proc`` is gone."""
+    import psutil
+
+    try:
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
 def tree_rss(proc) -> int:
     import psutil
 
     total = 0
-    for p in [proc, *proc.children(recursive=True)]:
+    for p in process_tree(proc):
         with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
     return total
 
 
 def cpu_seconds(proc) -> float:
-    """User + system CPU seconds of ``proc`` and its children (server.workers > 1, redis)."""
+    """User + system CPU seconds of ``proc`` and its children (NaN when it is gone)."""
     import psutil
 
+    procs = process_tree(proc)
     total = 0.0
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return math.nan
     for p in procs:
         with contextlib.suppress(psutil.Error):
             t = p.cpu_times()
             total += t.user + t.system
-    return total
+    return total if procs else math.nan
 
 
 def cpu_by_process(proc) -> dict[int, tuple[str, float]]:
@@ -394,11 +402,7 @@ def cpu_by_process(proc) -> dict[int, tuple[str, float]]:
     import psutil
 
     out: dict[int, tuple[str, float]] = {}
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return out
-    for i, p in enumerate(procs):
+    for i, p in enumerate(process_tree(proc)):
         with contextlib.suppress(psutil.Error):
             t = p.cpu_times()
             cmd = " ".join(p.cmdline())
@@ -406,6 +410,11 @@ def cpu_by_process(proc) -> dict[int, tuple[str, float]]:
                     else p.name())
             out[p.pid] = (role, t.user + t.system)
     return out
+
+
+def split_total(split: dict[int, tuple[str, float]]) -> float:
+    """The CPU seconds of every process in a :func:`cpu_by_process` sample (NaN: none)."""
+    return sum(cpu for _, cpu in split.values()) if split else math.nan
 
 
 def cpu_split(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
@@ -432,9 +441,8 @@ def tree_threads(pid: int) -> list[int]:
     """The thread ids of pid and its descendants (those gone by then are left out)."""
     import psutil
 
-    root = psutil.Process(pid)
     tids: list[int] = []
-    for proc in [root, *root.children(recursive=True)]:
+    for proc in process_tree(psutil.Process(pid)):
         with contextlib.suppress(psutil.Error):
             tids += [t.id for t in proc.threads()]
     return tids
@@ -674,16 +682,16 @@ async def orchestrate(args: argparse.Namespace, against: str = "ours") -> dict:
                 stdout=asyncio.subprocess.PIPE, start_new_session=True,
                 preexec_fn=_die_with_parent)
         await asyncio.sleep(max(0.0, (w0 - time.monotonic_ns()) / 1e9))
-        cpu0 = (time.monotonic(), cpu_seconds(sp), [cpu_seconds(p) for p in gps],
-                psutil.cpu_times())
         split0 = cpu_by_process(sp)
+        cpu0 = (time.monotonic(), split_total(split0), [cpu_seconds(p) for p in gps],
+                psutil.cpu_times())
         rss_peak = 0
         while time.monotonic_ns() < w1:
             rss_peak = max(rss_peak, tree_rss(sp))
             await asyncio.sleep(min(0.5, max(0.0, (w1 - time.monotonic_ns()) / 1e9)))
-        cpu1 = (time.monotonic(), cpu_seconds(sp), [cpu_seconds(p) for p in gps],
-                psutil.cpu_times())
         split1 = cpu_by_process(sp)
+        cpu1 = (time.monotonic(), split_total(split1), [cpu_seconds(p) for p in gps],
+                psutil.cpu_times())
         rss_end = tree_rss(sp)
         rss_peak = max(rss_peak, rss_end)
         if capture is not None:
