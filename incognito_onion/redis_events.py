@@ -79,8 +79,12 @@ class BatchedRedisManager(socketio.AsyncRedisManager, FastManager):
         the others only to find nobody to deliver it to (a flood of refused events made
         every worker pay for it)."""
         target = to or room
+        ns = namespace or "/"
+        # (a plain look-up first: is_connected raises and catches a KeyError for a room id,
+        # and every room message of every call comes this way)
         if (not kwargs.get("ignore_queue") and type(target) is str
-                and self.is_connected(target, namespace or "/")):
+                and target in self.rooms.get(ns, {}).get(None, ())
+                and self.is_connected(target, ns)):
             kwargs["ignore_queue"] = True
         await super().emit(event, data, namespace=namespace, room=room, skip_sid=skip_sid,
                            callback=callback, to=to, **kwargs)

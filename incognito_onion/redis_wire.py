@@ -106,12 +106,17 @@ class Publisher:
         self.errors = 0  # error replies (none expected: only PUBLISH is sent)
 
     async def start(self) -> None:
+        await asyncio.shield(self._connect_once())
+
+    def _connect_once(self) -> asyncio.Task:
+        """The connecting task: the one under way, else a new one."""
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._connect())
-        await asyncio.shield(self._connecting)
+        return self._connecting
 
     async def _connect(self) -> None:
-        """One connection at a time (:meth:`start` and :meth:`_flush` share the task)."""
+        """One connection at a time (:meth:`start` and :meth:`_flush` share the task through
+        :meth:`_connect_once`)."""
         protocol = _Replies(self._reply, self._lost)
         try:
             transport = await open_connection(self.url, protocol)
@@ -147,8 +152,7 @@ class Publisher:
             return
         t = self._transport
         if t is None or t.is_closing():
-            if self._connecting is None or self._connecting.done():
-                self._connecting = asyncio.ensure_future(self._connect())
+            self._connect_once()
             return  # _connect flushes, or drops what waited
         if t.get_write_buffer_size() > MAX_UNSENT:  # redis hangs: memory stays bounded
             self._drop(f"redis is not reading ({MAX_UNSENT >> 20} MB wait for it)")

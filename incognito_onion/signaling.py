@@ -648,20 +648,20 @@ class Signaling:
         return {"receivers": note["peers"], "from": note["from"]}
 
     async def _media(self, sid: str, _ev: str, f: dict[str, Any]) -> dict[str, Any]:
-        if self.link is None:
+        link = self.link
+        if link is None:
             room, peer = await self.rooms.member(f["room"], sid)
-            receivers = {}
+            elsewhere = {}
         else:  # several workers: the room and its receivers in one round trip to redis
             room, peer, receivers = await self.rooms.member_and_receivers(f["room"], sid)
+            elsewhere = {p: node for p, (node, only) in receivers.items()  # other workers'
+                         if node != link.node and p != peer.id
+                         and (only is None or peer.id in only) and p in room.peers}
         chunk = Chunk(peer.id, f["stream"], f["seq"], f["key"], f["ts"], f["data"])
         relayed = 0
-        if self.link is not None:  # receivers on the other workers
-            elsewhere = {p: node for p, (node, only) in receivers.items()
-                         if node != self.link.node and p != peer.id
-                         and (only is None or peer.id in only) and p in room.peers}
-            if elsewhere:
-                await self.link.publish(set(elsewhere.values()), room.id, chunk)
-                relayed += len(elsewhere)
+        if link is not None and elsewhere:
+            await link.publish(set(elsewhere.values()), room.id, chunk)
+            relayed += len(elsewhere)
         relay = self.relays.get(room.id)
         if relay is not None:
             relayed += await self._route(room, relay, chunk)
