@@ -11,9 +11,10 @@ the server's own code in one process, on uvloop as ``up`` runs it: a real ``Sign
 take each packet the way the fast WebSocket loop does (``fastpath.ws_frame`` builds the frame)
 and keep it instead of writing it. Each message is the text frame a browser sends (``42`` +
 ``["message",{room,data}]`` with an ack id), handed to the engine.io ``message`` handler as
-``fastpath._serve`` hands it: parse, checks, rate limit, room look-up, the emit to the room's
-other members, the ack. What it leaves out: reading and writing sockets (a quarter to a third
-of the server's CPU under relay load, the kernel's) and the event loop's wake-ups.
+``fastpath._serve`` hands it (to ``Signaling.quick_event`` first): parse, checks, rate limit,
+room look-up, the emit to the room's other members, the ack. What it leaves out: reading and
+writing sockets (a quarter to a third of the server's CPU under relay load, the kernel's) and
+the event loop's wake-ups.
 
 Prints CPU µs per message (process time, the best of ``--repeat`` runs) and messages/s.
 """
@@ -79,6 +80,8 @@ async def _run(messages: int, rooms_of: int, size: int, repeat: int,
     rooms = 64
     sig, senders = await _setup(rooms_of, rooms)
     handler = sig.sio.eio.handlers["message"]
+    # tried first, as fastpath._serve does (None: INCOGNITO_RUNTIME_OFF=quickrelay)
+    quick = getattr(sig.sio.eio, fastpath.QUICK_EVENT_ATTR, None)
     # refused: each sender names the next sender's room, which it is not in (not_in_room: an
     # error event and the ack); else its own room (the 3 others and the ack)
     frames = [f'2{n}["message",'
@@ -91,7 +94,11 @@ async def _run(messages: int, rooms_of: int, size: int, repeat: int,
         t0 = time.process_time()
         for i in range(messages):
             k = i % rooms
-            await handler(senders[k][0], frames[k])
+            taken = quick(senders[k][0], frames[k]) if quick is not None else False
+            if taken is False:
+                await handler(senders[k][0], frames[k])
+            elif taken is not True:
+                await taken
         per_run.append((time.process_time() - t0) / messages)
     sent = sum(s.frames for s in sig.sio.eio.sockets.values())
     # rooms_of - 1 deliveries and one ack each, or an error event and the ack

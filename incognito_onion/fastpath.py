@@ -70,7 +70,7 @@ import inspect
 import struct
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import engineio
@@ -126,7 +126,9 @@ def plain_packet(packet_type: int, data: list, json: Any, id: int | None = None)
 
 
 class FastManager(socketio.AsyncManager):
-    """``socketio.AsyncManager`` whose callback-less emits run without a task per recipient."""
+    """``socketio.AsyncManager`` whose callback-less emits run without a task per recipient;
+    :meth:`emit_now` is the same emit without a coroutine, for the relay's synchronous path
+    (``Signaling.quick_event``)."""
 
     async def emit(self, event: str, data: Any, namespace: str, room: Any = None,
                    skip_sid: Any = None, callback: Any = None, to: Any = None,
@@ -135,9 +137,18 @@ class FastManager(socketio.AsyncManager):
             await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
                                callback=callback, to=to, **kwargs)
             return
-        room = to or room
+        rest = self.emit_now(event, data, namespace, to or room, skip_sid)
+        if rest is not None:
+            await rest
+
+    def emit_now(self, event: str, data: Any, namespace: str, room: Any,
+                 skip_sid: Any = None) -> Coroutine[Any, Any, None] | None:
+        """Sends the event to ``room`` (a room name or a sid) at once where the fast WebSocket
+        loop takes the packets (:func:`send_now`); returns the coroutine of the sends that
+        have to wait (recipients off that loop, or whose socket is closing), to await in
+        order, or None when everything went."""
         if namespace not in self.rooms:
-            return
+            return None
         if isinstance(data, tuple):  # a tuple is several arguments, anything else one
             args = list(data)
         elif data is not None:
@@ -154,7 +165,7 @@ class FastManager(socketio.AsyncManager):
             recipients = [eio_sid for sid, eio_sid in self.get_participants(namespace, room)
                           if sid not in skip]
         if not recipients:
-            return
+            return None
         data = [event, *args]
         plain = (plain_packet(sio_packet.EVENT, data, self.server.packet_class.json)
                  if namespace == "/" else None)
@@ -167,20 +178,31 @@ class FastManager(socketio.AsyncManager):
                 encoded = [encoded]
         eio_pkts = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in encoded]
         sockets = self.server.eio.sockets
+        waiting: list[tuple[str, Any, list[eio_packet.Packet]]] | None = None
         for eio_sid in recipients:
             sock = sockets.get(eio_sid)
-            # straight to the socket (AsyncServer._send_eio_packet -> send_packet -> socket.send
-            # less two calls); a socket gone or closed: the library's path says so
-            send = self.server._send_eio_packet if sock is None or sock.closed else None
-            fast = sock.__dict__.get(_SEND_NOW) if send is None else None
-            for p in eio_pkts:
-                if fast is not None and fast(p):
-                    continue
+            fast = (sock.__dict__.get(_SEND_NOW)
+                    if sock is not None and not sock.closed else None)
+            for i, p in enumerate(eio_pkts):
+                if fast is None or not fast(p):
+                    # this packet and the ones after it the library's way (a socket gone or
+                    # closed: the library's path says so)
+                    waiting = waiting or []
+                    waiting.append((eio_sid, sock, eio_pkts[i:]))
+                    break
+        return None if waiting is None else self._send_waiting(waiting)
+
+    async def _send_waiting(self, waiting: list[tuple[str, Any, list[eio_packet.Packet]]]
+                            ) -> None:
+        """The sends :meth:`emit_now` could not make at once, one recipient after the other
+        (AsyncServer._send_eio_packet -> send_packet -> socket.send less two calls)."""
+        for eio_sid, sock, pkts in waiting:
+            for p in pkts:
                 try:
-                    if send is None:
-                        await sock.send(p)
+                    if sock is None or sock.closed:
+                        await self.server._send_eio_packet(eio_sid, p)
                     else:
-                        await send(eio_sid, p)
+                        await sock.send(p)
                 except eio_exceptions.SocketIsClosedError:
                     break  # closing: the library's task would have failed the same way
                 except Exception:  # never the other recipients' problem
@@ -248,6 +270,11 @@ def _engineio_version() -> str:
 #: the engine.io server attribute holding ``(frames per second, burst)`` of one connection
 #: beyond which its frames are read at low priority (set by :class:`Signaling`)
 FRAME_BUDGET_ATTR = "incognito_frame_budget"
+#: the engine.io server attribute holding a synchronous handler of socket.io packets (set by
+#: ``Signaling``: its relayed events), tried before engine.io's ``message`` handler:
+#: ``quick(eio_sid, text)`` returns False having done nothing (the ``message`` handler's then),
+#: True when it handled the packet, or the coroutine of the rest of its handling, which waits
+QUICK_EVENT_ATTR = "incognito_quick_event"
 #: turns of the event loop a connection over its frame budget waits before its next frame
 LOW_PRIORITY_TURNS = 8
 _LOW_WAIT = TurnDelay()  # one wake-up per wait, not a task step per turn
@@ -780,6 +807,7 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     on_message = server.handlers.get("message")
     if not inspect.iscoroutinefunction(on_message):
         on_message = None  # the library's path calls it as it should
+    quick = getattr(server, QUICK_EVENT_ATTR, None) if on_message is not None else None
     wait = ws.wait
     if isinstance(resp, WebSocketResponse):
         async def wait() -> Any:
@@ -824,8 +852,13 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
                 # a text MESSAGE (every socket.io packet): AsyncSocket.receive ->
                 # server._trigger_event('message') without the Packet, whose decode tries
                 # the text as JSON first (socket.io packets are not: they start with a
-                # digit), a debug log line and two wrappers
-                coro = on_message(sock.sid, data[1:])
+                # digit), a debug log line and two wrappers; a relayed event without even a
+                # coroutine (QUICK_EVENT_ATTR)
+                text = data[1:]
+                taken = quick(sock.sid, text) if quick is not None else False
+                if taken is True:
+                    return _STOP if sock.closed else None
+                coro = on_message(sock.sid, text) if taken is False else taken
             else:
                 coro = sock.receive(eio_packet.Packet(encoded_packet=data))
             # started here, not awaited: most handlers finish without waiting, and then

@@ -14,7 +14,8 @@ Three standard, independent knobs, each a no-op when its package is missing:
 ``INCOGNITO_RUNTIME_OFF`` (comma-separated: ``uvloop``, ``orjson``, ``gc``, and ``fastemit``,
 ``fastws``, ``coalesce``, ``earlyflush``, ``joinwindow``, ``batchread``, ``service``,
 ``syncread`` of :mod:`incognito_onion.fastpath`, ``fastevent`` of
-``signaling.GuardedServer._plain_event``, or ``all``) turns knobs off, e.g. to compare with
+``signaling.GuardedServer._plain_event``, ``quickrelay`` of ``signaling.Signaling.quick_event``,
+or ``all``) turns knobs off, e.g. to compare with
 and without in ``bench/relay_load.py --env``. The variable is not a setting of the config
 schema (an unknown ``INCOGNITO_*`` name is ignored there): it is a switch for measuring and
 for ruling these out when chasing a bug.
@@ -31,7 +32,8 @@ from typing import Any, TypeVar
 
 OFF_ENV = "INCOGNITO_RUNTIME_OFF"
 KNOBS = frozenset({"uvloop", "orjson", "gc", "fastemit", "fastws", "fastevent", "coalesce",
-                   "earlyflush", "joinwindow", "batchread", "service", "syncread"})
+                   "earlyflush", "joinwindow", "batchread", "service", "syncread",
+                   "quickrelay"})
 
 # gc.set_threshold after tune_gc's freeze: a young collection every 50 000 net allocations of
 # container objects instead of 700 (a relayed message allocates a few dozen; the young

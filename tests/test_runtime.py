@@ -1414,7 +1414,7 @@ def test_plain_packets_encode_like_the_library(value, ack_id):
             assert got == packet.encode()
 
 
-@pytest.mark.parametrize("off", ["", "fastevent", "fastws,fastemit,fastevent"])
+@pytest.mark.parametrize("off", ["", "quickrelay", "fastevent", "fastws,fastemit,fastevent"])
 async def test_relay_is_the_same_with_each_fast_path_off(server_factory, off):
     """The real server relays, acks and refuses alike whichever fast paths
     ``INCOGNITO_RUNTIME_OFF`` turns off (the library's paths are the reference)."""
