@@ -620,7 +620,12 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     request = getattr(ws, "environ", {}).get("aiohttp.request")
     transport = conn = getattr(request, "transport", None)
     resp = getattr(ws, "_sock", None)  # the aiohttp WebSocketResponse engine.io's adapter holds
-    if not isinstance(resp, WebSocketResponse) or resp.compress:
+    # what put reads of the queue and of aiohttp's response per frame, without the Python
+    # calls of queue.empty() and resp.closed (a few per relayed message): their own state
+    queued = getattr(queue, "_queue", None)
+    if not isinstance(resp, WebSocketResponse) or resp.compress \
+            or type(getattr(resp, "_closed", None)) is not bool \
+            or not isinstance(queued, collections.deque):
         transport = None  # compressed frames: aiohttp's writer keeps the compressor's state
     writing = False  # the writer task is between taking packets off the queue and writing them
     check_ping_timeout = sock.check_ping_timeout
@@ -670,9 +675,9 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
                 sent_at = _load.last
                 return
             flush()  # a big frame: everything before it first, then the writer's way
-        elif not writing and transport is not None and queue.empty() \
+        elif not writing and transport is not None and not queued \
                 and transport.get_write_buffer_size() < DIRECT_BUFFERED \
-                and not transport.is_closing() and not resp.closed:
+                and not transport.is_closing() and not resp._closed:
             frame = ws_frame(pkt)
             if frame is not None:
                 last, sent_at = sent_at, _load.last

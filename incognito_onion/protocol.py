@@ -38,6 +38,11 @@ MAX_SEQ = 2**53 - 1
 MAX_PEER_LIST = 64  # far above any room's capacity
 STREAMS = ("a", "v")
 
+# EVENTS as parse walks it: (name, kind, optional) per field, the "?" taken off once
+_FIELDS: dict[str, tuple[tuple[str, str, bool], ...]] = {
+    event: tuple((name, kind.rstrip("?"), kind.endswith("?")) for name, kind in spec.items())
+    for event, spec in EVENTS.items()}
+
 _PATTERNS = {"room": ROOM_ID_RE, "peer": PEER_ID_RE, "resume": RESUME_RE,
              "host_ticket": HOST_TICKET_RE, "restore_ticket": RESTORE_TICKET_RE}
 
@@ -65,9 +70,7 @@ def parse(event: Any, args: tuple[Any, ...], max_bytes: int,
     if not isinstance(payload, dict):
         raise RoomError("bad_request", "the payload must be an object")
     out: dict[str, Any] = {}
-    for name, kind in EVENTS[event].items():
-        optional = kind.endswith("?")
-        kind = kind.rstrip("?")
+    for name, kind, optional in _FIELDS[event]:
         value = payload.get(name)
         if value is None:
             if optional:
