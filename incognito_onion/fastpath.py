@@ -626,7 +626,9 @@ async def _serve(sock: AsyncSocket, ws: Any) -> None:
     if not isinstance(resp, WebSocketResponse) or resp.compress \
             or type(getattr(resp, "_closed", None)) is not bool \
             or not isinstance(queued, collections.deque):
-        transport = None  # compressed frames: aiohttp's writer keeps the compressor's state
+        # compressed frames (aiohttp's writer keeps the compressor's state), or a library
+        # whose queue or response keeps that state elsewhere: everything through the writer
+        transport = None
     writing = False  # the writer task is between taking packets off the queue and writing them
     check_ping_timeout = sock.check_ping_timeout
     ping_timeout = server.ping_timeout

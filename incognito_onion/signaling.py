@@ -415,9 +415,11 @@ class Signaling:
         clients x 1 msg/s each message runs on cold caches, and the interpreter's time per
         layer, not any one step, kept our p99 level with Node's (bench/README.md).
 
-        Returns False, having done nothing, for anything else and for whatever is refused or
-        odd (the library's path then answers it, as it would have), True when done, or the
-        coroutine of sends that have to wait (a recipient off the fast loop or closing).
+        Returns False, having done nothing, for anything else (another event, a packet that
+        is not one event with one argument, a connection not on ``/`` or over its rate
+        limit: the library's path then answers it, as it would have), True when done, or the
+        coroutine of what has to wait: sends to a recipient off the fast loop or closing, or
+        a refusal (the event's own checks failed), answered as :meth:`_on_event` answers it.
         One process only (rooms in this process's registry, ``FastManager``): with several
         workers a member check or an emit goes through redis, which waits."""
         sio = self.sio
@@ -436,19 +438,37 @@ class Signaling:
             conn = self.conns.get(sid) if sid is not None else None
             if conn is None or not conn.bucket.has() or not manager.is_connected(sid, "/"):
                 return False  # not connected, or over the rate limit: refused there
+        except Exception:  # malformed: the library's path answers it
+            return False
+        conn.bucket.allow()
+        ack_id = None if m.group(1) is None else int(m.group(1))
+        try:
             event, f = parse(event, payload[1:], self.max_bytes, self.max_chunk)
             room, peer = self.registry.member(f["room"], sid)
             to = self.rooms.target(room, f["to"]).sid if event == "connection" else None
-        except Exception:  # refused (RoomError) or a bug: the library's path says which
-            return False
-        conn.bucket.allow()
+        except RoomError as exc:
+            # refused here, not handed back: the library's path would parse and check it all
+            # again, and a flood of refused events is what an attack sends
+            return self._refused(eio_sid, sid, event, exc.code, exc.message, ack_id)
+        except Exception:
+            log.exception("bug while handling an event")
+            return self._refused(eio_sid, sid, event, "internal", "the server hit a bug",
+                                 ack_id)
         envelope = {"room": room.id, "from": peer.id, "data": f.get("data")}
         rest = (manager.emit_now(event, envelope, "/", room.id, sid) if to is None
                 else manager.emit_now(event, envelope, "/", to))
-        ack = None if m.group(1) is None else sio.ack_now(eio_sid, "/", int(m.group(1)), _OK)
+        ack = None if ack_id is None else sio.ack_now(eio_sid, "/", ack_id, _OK)
         if rest is None:
             return True if ack is None else ack
         return rest if ack is None else _in_turn(rest, ack)
+
+    async def _refused(self, eio_sid: str, sid: str, event: str, code: str, message: str,
+                       ack_id: int | None) -> None:
+        """:meth:`quick_event`'s refusal: the error event, and the ack when one was asked
+        for, as :meth:`_on_event` and ``GuardedServer._plain_event`` send them."""
+        reply = await self._refuse(sid, event, code, message)
+        if ack_id is not None:
+            await self.sio._ack(eio_sid, "/", ack_id, reply)
 
     def _charge(self, sid: str) -> None:
         """A refused event lowers its connection's read priority (fastpath.charge_refusal)."""

@@ -92,11 +92,6 @@ async def test_connection_reaches_only_its_target_and_share_the_room():
 
 @pytest.mark.parametrize("frame", [
     _event(1, "join", {"room": "x"}),  # not a relayed event: its own handler
-    _event(1, "message", {"room": "A" * 22, "data": "?"}),  # not in that room
-    _event(1, "message", {"data": "?"}),  # no room
-    _event(1, "connection", {"room": "{room}", "to": "B" * 16, "data": "?"}),  # no such peer
-    _event(1, "message", {"room": "{room}", "data": "x" * 70_000}),  # too large
-    _event(1, "message", "not an object"),
     '21["message",{"room":',  # not JSON
     '21["message",{},{}]',  # two arguments
     '21[{"a":1},{}]',  # a name that is not a string
@@ -104,7 +99,7 @@ async def test_connection_reaches_only_its_target_and_share_the_room():
 ])
 async def test_anything_else_is_left_to_the_library_untouched(frame):
     """False and nothing sent, no token of the rate limit spent: the library's path then
-    answers (refuses) it, exactly as without the quick path."""
+    answers it, exactly as without the quick path."""
     sig, room, socks, _ = await _room()
     conn = sig.conns[sig.sio.manager.sid_from_eio_sid(socks[1].sid, "/")]
     tokens = conn.bucket.tokens
@@ -112,6 +107,37 @@ async def test_anything_else_is_left_to_the_library_untouched(frame):
     assert quick(socks[1].sid, frame.replace("{room}", room)) is False
     assert not any(s.got for s in socks)
     assert conn.bucket.tokens == pytest.approx(tokens, abs=0.1)  # refilled a little, not spent
+
+
+@pytest.mark.parametrize("frame", [
+    _event(1, "message", {"room": "A" * 22, "data": "?"}),  # not in that room
+    _event(1, "message", {"data": "?"}),  # no room
+    _event(1, "connection", {"room": "{room}", "to": "B" * 16, "data": "?"}),  # no such peer
+    _event(1, "message", {"room": "{room}", "data": "x" * 70_000}),  # too large
+    _event(1, "message", "not an object"),
+    _event(None, "message", {"room": "A" * 22, "data": "?"}),  # refused, no ack asked for
+])
+async def test_a_refused_relay_is_answered_as_the_library_answers_it(frame):
+    """The error event and the ack the library's path sends, a token spent as there, and
+    nothing relayed: the quick path answers it itself rather than have it parsed again."""
+    answers = []
+    for quick_on in (True, False):
+        sig, room, socks, _ = await _room()
+        conn = sig.conns[sig.sio.manager.sid_from_eio_sid(socks[1].sid, "/")]
+        tokens = conn.bucket.tokens
+        text = frame.replace("{room}", room)
+        if quick_on:
+            rest = getattr(sig.sio.eio, fastpath.QUICK_EVENT_ATTR)(socks[1].sid, text)
+            assert rest is not True and rest is not False
+            await rest
+        else:
+            await sig.sio._handle_eio_message(socks[1].sid, text)
+        assert not any(s.got for s in (socks[0], socks[2], socks[3]))
+        assert conn.bucket.tokens == pytest.approx(tokens - 1, abs=0.1)
+        answers.append(socks[1].got)
+    assert answers[0] == answers[1]
+    assert answers[0][0].startswith('2["error",{"code":')
+    assert len(answers[0]) == (1 if frame.startswith("2[") else 2)
 
 
 async def test_rate_limited_and_unknown_connections_are_left_to_the_library():
